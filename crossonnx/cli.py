@@ -1,0 +1,201 @@
+"""`crossonnx` command line. Heavy imports (torch, the exporter) live inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crossonnx.errors import CrossOnnxError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from crossonnx.registry import load_registry
+
+    header = f"{'name':28s} {'hub id':44s} {'arch':8s} {'shape':13s} {'activation':9s} published metric"
+    print(header)
+    print("-" * len(header))
+    for spec in load_registry().values():
+        print(spec.summary())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from crossonnx.exporter import require_export_extra
+
+    require_export_extra()
+    from crossonnx.exporter.pipeline import export_model
+
+    out = export_model(
+        args.source,
+        out=args.out,
+        precisions=args.precision,
+        max_length=args.max_length,
+        opset=args.opset,
+        revision=args.revision,
+        allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code,
+        gate_overrides=args.gate or (),
+        overwrite=args.overwrite,
+    )
+    print(out)
+    return 0
+
+
+def _cmd_build_reference(args: argparse.Namespace) -> int:
+    from crossonnx.exporter import require_export_extra
+
+    require_export_extra()
+    from crossonnx.checkpoints.stsb_minilm import build_reference_model
+
+    print(build_reference_model(out=args.out, force=args.force))
+    return 0
+
+
+def _parse_pair_line(line: str, where: str) -> tuple[str, str]:
+    if line.lstrip().startswith(("[", "{")):
+        item = json.loads(line)
+        pair = (item["query"], item["passage"]) if isinstance(item, dict) else tuple(item)
+    else:
+        pair = tuple(line.split("\t"))
+    if len(pair) != 2:
+        raise CrossOnnxError(f"{where}: expected two texts, got {len(pair)}")
+    return pair  # type: ignore[return-value]
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    """JSON lines of [text_a, text_b] (or {"query","passage"}), or tab-separated lines; - for stdin."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    return [_parse_pair_line(line, f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def _encoder(args: argparse.Namespace):
+    from crossonnx.encoder import CrossEncoder
+
+    return CrossEncoder(
+        args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    pairs = [tuple(p) for p in args.pair or []]
+    if args.file:
+        pairs += _read_pairs(args.file)
+    if not pairs:
+        raise CrossOnnxError("no pairs given: use --pair TEXT_A TEXT_B (repeatable) or --file FILE")
+    encoder = _encoder(args)
+    scores = encoder.predict(pairs, batch_size=args.batch_size)
+    for pair, score in zip(pairs, scores.tolist(), strict=True):
+        print(json.dumps({"pair": list(pair), "score": score}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    encoder = _encoder(args)
+    for item in encoder.rank(args.query, args.documents, top_k=args.top_k, return_documents=True):
+        print(f"{item['score']:.6f}\t{item['corpus_id']}\t{item['text']}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from crossonnx.verify import verify_folder
+
+    results = verify_folder(args.model_dir, args.precision.split(",") if args.precision else None, args.provider)
+    ok = True
+    for precision, r in results.items():
+        ok &= r["passed"]
+        print(
+            f"{precision:5s} {'ok  ' if r['passed'] else 'FAIL'} max abs diff {r['max_abs_diff']:.3g}  "
+            f"Spearman {r['spearman']:.6f}  ({r['n']} pairs, {r['provider']})"
+        )
+    return 0 if ok else 1
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from crossonnx.manifest import load_manifest
+
+    manifest = load_manifest(args.model_dir)
+    print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _runtime_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", help="an exported model folder")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
+    parser.add_argument("--provider", default="auto", help="auto, cpu, cuda or tensorrt (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all CPUs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossonnx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="the models crossonnx answers for (models.yaml)").set_defaults(run=_cmd_list)
+
+    p = sub.add_parser("export", help="export a checkpoint to a validated ONNX model folder")
+    p.add_argument("source", help="a models.yaml name, a Hugging Face Hub id, or a local checkpoint folder")
+    p.add_argument("--out", help="output folder (default: models/<name>)")
+    p.add_argument("--precision", default="fp32,fp16,int8", help="comma-separated: fp32,fp16,int8")
+    p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pytorch_model.bin (pickle) weights")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the checkpoint")
+    p.add_argument(
+        "--gate",
+        action="append",
+        metavar="PRECISION:max_abs=X,spearman=Y",
+        help="override a validation threshold, e.g. int8:max_abs=0.05,spearman=0.99 (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (after validation)")
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser(
+        "build-reference", help="build the reference cross-encoder (MiniLM-L6 fine-tuned on STSb; cached)"
+    )
+    p.add_argument("--out", help="folder (default: the crossonnx cache)")
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(run=_cmd_build_reference)
+
+    p = sub.add_parser("predict", help="score text pairs")
+    _runtime_args(p)
+    p.add_argument("--pair", nargs=2, action="append", metavar=("TEXT_A", "TEXT_B"), help="a pair (repeatable)")
+    p.add_argument("--file", help="JSON lines [a, b] or tab-separated pairs; - for stdin")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=_cmd_predict)
+
+    p = sub.add_parser("rank", help="rank documents for a query")
+    _runtime_args(p)
+    p.add_argument("query")
+    p.add_argument("documents", nargs="+")
+    p.add_argument("--top-k", type=int, default=None)
+    p.set_defaults(run=_cmd_rank)
+
+    p = sub.add_parser("verify", help="re-check a model folder against its stored PyTorch scores (no torch)")
+    p.add_argument("model_dir")
+    p.add_argument("--precision", default=None, help="comma-separated precisions (default: all exported)")
+    p.add_argument("--provider", default="cpu")
+    p.set_defaults(run=_cmd_verify)
+
+    p = sub.add_parser("info", help="print a model folder's manifest")
+    p.add_argument("model_dir")
+    p.set_defaults(run=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CrossOnnxError as exc:
+        print(f"crossonnx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

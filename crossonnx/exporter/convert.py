@@ -1,0 +1,124 @@
+"""PyTorch checkpoint -> plain fp32 ONNX graph (TorchScript exporter, eager attention, explicit opset)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from crossonnx.errors import ExportError
+
+# model types whose learned positions start after the padding index (padding_idx + 1)
+OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+def quiet_libraries() -> None:
+    """No per-weight progress bars or tracer chatter in the export log."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    config: Any
+    tokenizer: Any
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the position table can hold (RoBERTa: 514 positions, 512 usable)."""
+        positions = int(getattr(self.config, "max_position_embeddings", 512))
+        if self.config.model_type in OFFSET_POSITION_TYPES:
+            positions -= int(self.config.pad_token_id) + 1
+        return positions
+
+
+def load_checkpoint(path: Path, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedCheckpoint:
+    """The checkpoint as a sequence classifier with eager attention (it exports to a fusable graph)."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            attn_implementation="eager",
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            dtype=torch.float32,
+        )
+    except ValueError as exc:
+        raise ExportError(f"{path} cannot be loaded as a sequence-classification cross-encoder: {exc}") from None
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ExportError(
+            f"the tokenizer of {path} has no Rust (tokenizers) backend, which the runtime needs; "
+            "save a tokenizer.json with the checkpoint"
+        )
+    return LoadedCheckpoint(model=model, config=config, tokenizer=tokenizer)
+
+
+def graph_input_names(checkpoint: LoadedCheckpoint) -> list[str]:
+    """The inputs sentence-transformers feeds: what the tokenizer returns, in a fixed order."""
+    names = list(checkpoint.tokenizer.model_input_names)
+    order = ["input_ids", "attention_mask", "token_type_ids"]
+    unknown = [name for name in names if name not in order]
+    if unknown:
+        raise ExportError(f"the tokenizer returns inputs crossonnx does not handle: {unknown}")
+    return [name for name in order if name in names]
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional tensors -> logits, so the graph has exactly the inputs we name."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors, strict=True)), return_dict=True).logits
+
+
+def dummy_inputs(checkpoint: LoadedCheckpoint, names: list[str]) -> tuple[torch.Tensor, ...]:
+    """A padded batch of two, so that masking paths are traced."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(checkpoint.config.vocab_size)
+    pad = int(checkpoint.tokenizer.pad_token_id or 0)
+    ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 16), generator=generator)
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    ids[1, 12:] = pad
+    mask[1, 12:] = 0
+    types = torch.zeros(2, 16, dtype=torch.int64)
+    if int(getattr(checkpoint.config, "type_vocab_size", 1)) > 1:
+        types[:, 8:] = 1
+        types[1, 12:] = 0
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return tuple(tensors[name] for name in names)
+
+
+def export_plain_graph(checkpoint: LoadedCheckpoint, names: list[str], out_path: Path, opset: int) -> None:
+    """Write the unfused fp32 graph with dynamic batch and sequence axes."""
+    wrapper = _LogitsOnly(checkpoint.model, names).eval()
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["logits"] = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            wrapper,
+            dummy_inputs(checkpoint, names),
+            str(out_path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    graph_inputs = [value.name for value in onnx.load(str(out_path), load_external_data=False).graph.input]
+    if graph_inputs != names:
+        raise ExportError(f"the exported graph takes {graph_inputs}, expected {names}")

@@ -1,0 +1,125 @@
+"""Resolve an export SOURCE (models.yaml name, Hub id or local checkpoint folder) to a local folder."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossonnx.errors import ExportError, UnknownModelError
+from crossonnx.registry import ModelSpec, find_model, load_registry
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# files a sequence-classification checkpoint needs; pickles are added only on request
+HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "merges.txt", "vocab.*", "tokenizer*"]
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A checkpoint folder on disk and where it came from."""
+
+    path: Path
+    kind: str  # "local", "hub" or "registry"
+    id: str
+    revision: str | None
+    spec: ModelSpec | None
+
+    @property
+    def name(self) -> str:
+        """A short name for default output folders."""
+        if self.spec is not None:
+            return self.spec.name
+        return self.id.rstrip("/").split("/")[-1] or "model"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "revision": self.revision,
+            "registry_name": self.spec.name if self.spec else None,
+        }
+
+
+def check_weights(folder: Path, allow_pickle: bool) -> None:
+    """A clear error unless the folder holds loadable weights under the user's pickle policy."""
+    if not (folder / "config.json").is_file():
+        raise ExportError(f"{folder} has no config.json: it is not a Hugging Face checkpoint folder")
+    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        return
+    if any((folder / name).is_file() for name in PICKLED_WEIGHTS):
+        if allow_pickle:
+            return
+        raise ExportError(
+            f"{folder} has only pickled weights (pytorch_model.bin); loading a pickle can run arbitrary code. "
+            "If you trust this checkpoint, pass --allow-pickle (allow_pickle=True), or convert it to safetensors."
+        )
+    raise ExportError(f"{folder} has no model weights (model.safetensors or pytorch_model.bin)")
+
+
+def _download(repo_id: str, revision: str | None, allow_pickle: bool, cache_dir: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise ExportError("huggingface_hub is needed to export from the Hub: pip install 'crossonnx[export]'") from None
+    patterns = HUB_PATTERNS + (["pytorch_model.bin*"] if allow_pickle else [])
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir)
+        )
+    except GatedRepoError:
+        raise ExportError(f"{repo_id} is gated on the Hub: accept its terms and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise ExportError(f"no model {repo_id!r} on the Hugging Face Hub (or it is private: log in)") from None
+    except RevisionNotFoundError:
+        raise ExportError(f"{repo_id} has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise ExportError(
+            f"{why} and {repo_id} is not in the local Hugging Face cache. Download it where the Hub is reachable "
+            f"(hf download {repo_id}) and copy the cache or the folder here, then run "
+            "crossonnx export <that folder>."
+        ) from None
+    except OSError as exc:  # connection errors surface as OSError subclasses
+        raise ExportError(f"could not download {repo_id} from the Hugging Face Hub: {exc}") from None
+
+
+def resolve_source(
+    source: str,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    cache_dir: str | None = None,
+) -> ResolvedSource:
+    """Find or download the checkpoint named by ``source``."""
+    if not isinstance(source, str) or not source.strip():
+        raise ExportError("SOURCE must be a models.yaml name, a Hub id or a checkpoint folder")
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ExportError(f"{local} is a file; SOURCE must be a checkpoint folder")
+        check_weights(local, allow_pickle)
+        return ResolvedSource(local.resolve(), "local", str(local.resolve()), None, None)
+    spec = find_model(source)
+    if spec is not None:
+        repo_id, kind = spec.hub_id, "registry"
+    elif HUB_ID.match(source):
+        repo_id, kind = source, "hub"
+    else:
+        known = ", ".join(load_registry())
+        raise UnknownModelError(
+            f"{source!r} is not a local folder, a models.yaml name or a Hub id (owner/name). Known models: {known}"
+        )
+    folder = _download(repo_id, revision, allow_pickle, cache_dir)
+    check_weights(folder, allow_pickle)
+    # snapshot folders are named by commit hash: record the exact revision exported
+    resolved_revision = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
+    return ResolvedSource(folder, kind, repo_id, resolved_revision, spec)

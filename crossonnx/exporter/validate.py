@@ -1,0 +1,104 @@
+"""Validation of an exported folder against the sentence-transformers reference: tokens first, then scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossonnx.encoder import CrossEncoder
+from crossonnx.errors import ExportError, ValidationError
+from crossonnx.exporter.reference import Reference
+from crossonnx.metrics import compare
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Limits one precision must meet against PyTorch fp32 scores."""
+
+    max_abs_diff: float
+    min_spearman: float | None = None
+
+    def failures(self, measured: dict[str, Any]) -> list[str]:
+        out = []
+        if not measured["finite"]:
+            out.append("scores contain NaN or inf")
+        elif measured["max_abs_diff"] > self.max_abs_diff:
+            out.append(f"max abs diff {measured['max_abs_diff']:.3g} > {self.max_abs_diff:g}")
+        if self.min_spearman is not None:
+            rho = measured["spearman"]
+            if not (isinstance(rho, float) and not math.isnan(rho) and rho >= self.min_spearman):
+                out.append(f"Spearman {rho:.5f} < {self.min_spearman:g}")
+        return out
+
+
+def default_gates(activation: str) -> dict[str, Gate]:
+    """fp32 must match to 1e-5; fp16 and int8 get limits on the score's own scale (raw logits are wider)."""
+    bounded = activation != "identity"
+    return {
+        "fp32": Gate(max_abs_diff=1e-5),
+        "fp16": Gate(max_abs_diff=5e-3 if bounded else 5e-2, min_spearman=0.999),
+        "int8": Gate(max_abs_diff=0.1 if bounded else 1.0, min_spearman=0.98),
+    }
+
+
+def parse_gate_overrides(specs: list[str], gates: dict[str, Gate]) -> dict[str, Gate]:
+    """Apply CLI overrides like 'int8:max_abs=0.05,spearman=0.99' (or spearman=off) to ``gates``."""
+    gates = dict(gates)
+    for spec in specs:
+        precision, _, body = spec.partition(":")
+        if precision not in gates or not body:
+            raise ExportError(f"bad gate {spec!r}; expected e.g. 'int8:max_abs=0.05,spearman=0.99'")
+        fields = asdict(gates[precision])
+        for item in body.split(","):
+            key, _, value = item.partition("=")
+            key = {"max_abs": "max_abs_diff", "spearman": "min_spearman"}.get(key.strip(), key.strip())
+            if key not in fields:
+                raise ExportError(f"bad gate field {item!r} in {spec!r}; use max_abs and spearman")
+            if key == "min_spearman" and value.strip().lower() in {"off", "none"}:
+                fields[key] = None
+                continue
+            try:
+                fields[key] = float(value)
+            except ValueError:
+                raise ExportError(f"bad gate value {item!r} in {spec!r}; expected a number") from None
+        gates[precision] = Gate(**fields)
+    return gates
+
+
+def check_tokens(encoder: CrossEncoder, reference: Reference) -> None:
+    """The runtime tokenizer must produce exactly the ids sentence-transformers fed PyTorch."""
+    encoded = encoder.tokenizer.encode(reference.pairs)
+    for index, expected in enumerate(reference.input_ids):
+        start, length = int(encoded.starts[index]), int(encoded.lengths[index])
+        got = encoded.ids[start : start + length].tolist()
+        types_differ = (
+            reference.token_type_ids is not None
+            and encoded.type_ids is not None
+            and encoded.type_ids[start : start + length].tolist() != reference.token_type_ids[index]
+        )
+        if got != expected or types_differ:
+            raise ValidationError(
+                f"tokenizer mismatch on validation pair {index} {reference.pairs[index]!r}: "
+                f"runtime gives {len(got)} tokens, sentence-transformers {len(expected)}"
+            )
+
+
+def validate_precision(folder: Path, precision: str, reference: Reference, gate: Gate) -> dict[str, Any]:
+    """Score the reference pairs with the runtime; returns the parity record (raises nothing)."""
+    encoder = CrossEncoder(folder, precision=precision, provider="cpu")
+    if precision == "fp32":
+        check_tokens(encoder, reference)
+    scores = encoder.predict(reference.pairs, batch_size=16)
+    logits = encoder.logits(reference.pairs, batch_size=16)
+    measured = compare(np.asarray(scores), reference.scores)
+    measured["max_abs_logit_diff"] = float(np.abs(logits - reference.logits).max())
+    failures = gate.failures(measured)
+    measured["gate"] = asdict(gate)
+    measured["passed"] = not failures
+    measured["failures"] = failures
+    measured["against"] = "sentence-transformers CrossEncoder, PyTorch fp32 CPU"
+    return measured

@@ -1,0 +1,151 @@
+"""The model folder's manifest: the one contract between the exporter and the runtime.
+
+The exporter writes ``crossonnx.json``; the runtime reads nothing else to know how to tokenize, which graph
+inputs to feed, which activation to apply and which file holds each precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossonnx.errors import ModelFolderError, PrecisionNotExportedError
+
+MANIFEST_NAME = "crossonnx.json"
+SCHEMA_VERSION = 1
+ACTIVATIONS = ("sigmoid", "identity", "tanh", "softmax")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How the runtime drives tokenizer.json so that it matches the Hugging Face tokenizer exactly."""
+
+    file: str
+    sha256: str
+    pad_id: int
+    pad_token: str
+    pad_type_id: int = 0
+    padding_side: str = "right"
+    truncation_side: str = "right"
+
+
+@dataclass(frozen=True)
+class PrecisionEntry:
+    """One exported ONNX file and what validation measured for it."""
+
+    file: str
+    sha256: str
+    bytes: int
+    parity: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to score pairs with an exported folder."""
+
+    source: dict[str, Any]
+    architecture: dict[str, Any]
+    num_labels: int
+    activation: str
+    max_length: int
+    inputs: list[str]
+    output: str
+    tokenizer: TokenizerSpec
+    precisions: dict[str, PrecisionEntry]
+    reference: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def entry(self, precision: str) -> PrecisionEntry:
+        """The entry of ``precision``; a clear error listing what was exported otherwise."""
+        try:
+            return self.precisions[precision]
+        except KeyError:
+            exported = ", ".join(sorted(self.precisions)) or "none"
+            raise PrecisionNotExportedError(
+                f"precision {precision!r} was not exported to this folder (exported: {exported}). "
+                f"Export it with: crossonnx export <model> --precision {precision}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, folder: Path) -> None:
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        (Path(folder) / MANIFEST_NAME).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
+        data["precisions"] = {name: PrecisionEntry(**entry) for name, entry in data["precisions"].items()}
+        return cls(**data)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fix_hint(folder: Path) -> str:
+    return f"Export a model there with: crossonnx export <model name, Hub id or checkpoint folder> --out {folder}"
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read and check a model folder's manifest; errors name the problem and ``crossonnx export`` as the fix."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ModelFolderError(f"model folder {folder} does not exist. {_fix_hint(folder)}")
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder} is a file, not a crossonnx model folder. {_fix_hint(folder)}")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{folder} is not a crossonnx model folder: {MANIFEST_NAME} is missing "
+            f"(an export that did not finish, or a plain checkpoint?). {_fix_hint(folder)}"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path} is corrupt ({exc}). Re-export the folder. {_fix_hint(folder)}") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path} is corrupt (not a JSON object). {_fix_hint(folder)}")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ModelFolderError(
+            f"{path} has schema version {version}, newer than this crossonnx understands ({SCHEMA_VERSION}). "
+            "Upgrade crossonnx: pip install -U crossonnx"
+        )
+    try:
+        manifest = Manifest.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise ModelFolderError(f"{path} is incomplete or corrupt ({exc!r}). {_fix_hint(folder)}") from None
+    if manifest.activation not in ACTIVATIONS:
+        raise ModelFolderError(f"{path} names an unknown activation {manifest.activation!r}. {_fix_hint(folder)}")
+    if not (folder / manifest.tokenizer.file).is_file():
+        raise ModelFolderError(f"{folder} is incomplete: {manifest.tokenizer.file} is missing. {_fix_hint(folder)}")
+    return manifest
+
+
+def check_file(folder: Path, entry: PrecisionEntry, verify_checksum: bool = False) -> Path:
+    """Path of an entry's ONNX file after checking that it is there, whole, and (optionally) unchanged."""
+    path = Path(folder) / entry.file
+    if not path.is_file():
+        raise ModelFolderError(f"{folder} is incomplete: {entry.file} is missing. {_fix_hint(Path(folder))}")
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise ModelFolderError(
+            f"{path} is corrupt: {size} bytes where the manifest says {entry.bytes}. {_fix_hint(Path(folder))}"
+        )
+    if verify_checksum and sha256_file(path) != entry.sha256:
+        raise ModelFolderError(f"{path} is corrupt: its sha256 does not match the manifest. {_fix_hint(Path(folder))}")
+    return path

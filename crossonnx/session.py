@@ -1,0 +1,119 @@
+"""Execution provider choice and ONNX Runtime session options."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from crossonnx.errors import ModelFolderError, ProviderUnavailableError
+
+logger = logging.getLogger("crossonnx")
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+def available_providers() -> list[str]:
+    """Short names of the providers this onnxruntime build offers, in crossonnx's preference order."""
+    offered = set(ort.get_available_providers())
+    return [name for name in AUTO_ORDER if PROVIDERS[name] in offered]
+
+
+def resolve_provider(provider: str) -> str:
+    """'auto' or a short/long provider name -> an available short name, or a clear error."""
+    if not isinstance(provider, str):
+        raise TypeError(f"provider must be a string, got {type(provider).__name__}")
+    available = available_providers()
+    wanted = provider.strip().lower()
+    if wanted == "auto":
+        return available[0]
+    by_long_name = {long.lower(): short for short, long in PROVIDERS.items()}
+    short = by_long_name.get(wanted, wanted)
+    if short not in PROVIDERS:
+        raise ProviderUnavailableError(
+            f"unknown provider {provider!r}; use 'auto' or one of: {', '.join(PROVIDERS)}"
+        )
+    if short not in available:
+        hint = "" if short == "cpu" else " Install the GPU build: pip install crossonnx-gpu (see README, GPU)."
+        raise ProviderUnavailableError(
+            f"provider {short!r} is not available in this onnxruntime build "
+            f"(available: {', '.join(available)}).{hint}"
+        )
+    return short
+
+
+def default_threads() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class SessionConfig:
+    """What a session is created with; kept so that callers can report it."""
+
+    provider: str
+    threads: int
+    provider_chain: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """CPU-side options: explicit thread counts, full graph optimisation, no per-shape memory plan."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Batches change shape all the time: a memory pattern planned for one shape only costs time and memory.
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(
+    model_path: Path,
+    provider: str,
+    threads: int,
+    provider_options: dict[str, Any] | None = None,
+) -> tuple[ort.InferenceSession, SessionConfig]:
+    """An InferenceSession on ``provider`` (already resolved); errors if the provider silently fell back."""
+    chain: list[tuple[str, dict[str, Any]]] = []
+    if provider == "tensorrt":
+        chain.append((PROVIDERS["tensorrt"], dict(provider_options or {})))
+        chain.append((PROVIDERS["cuda"], {}))
+    elif provider == "cuda":
+        chain.append((PROVIDERS["cuda"], dict(provider_options or {})))
+    chain.append((PROVIDERS["cpu"], {}))
+    try:
+        session = ort.InferenceSession(
+            str(model_path),
+            sess_options=session_options(threads),
+            providers=[name for name, _ in chain],
+            provider_options=[opts for _, opts in chain],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        message = str(exc)
+        if "Protobuf parsing failed" in message or "INVALID_PROTOBUF" in message or "ModelProto" in message:
+            raise ModelFolderError(
+                f"{model_path} is not a readable ONNX file ({message.splitlines()[0]}). "
+                f"Re-export it with: crossonnx export <model> --out {model_path.parent}"
+            ) from None
+        raise
+    active = session.get_providers()
+    if provider != "cpu" and active[0] != PROVIDERS[provider]:
+        raise ProviderUnavailableError(
+            f"onnxruntime fell back from {provider} to {active[0]}: the {provider} libraries could not be "
+            "loaded (CUDA/cuDNN/TensorRT missing or mismatched). Run with provider='cpu' or fix the GPU install."
+        )
+    return session, SessionConfig(provider=provider, threads=threads, provider_chain=chain)

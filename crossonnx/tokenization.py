@@ -1,0 +1,91 @@
+"""Pairs -> padded int64 arrays for exactly the inputs the graph declares, with the Rust tokenizer.
+
+Tokenization runs once per chunk without padding (Rust, parallel), so the exact token length of every pair is
+known before batching; each batch is then padded only to its own longest pair, in numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from crossonnx.manifest import TokenizerSpec
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class EncodedPairs:
+    """Unpadded token ids of a chunk of pairs, stored flat with per-pair offsets."""
+
+    lengths: np.ndarray  # (n,) int64 tokens per pair, special tokens included
+    starts: np.ndarray  # (n,) offset of each pair in the flat arrays
+    ids: np.ndarray  # flat int64
+    type_ids: np.ndarray | None  # flat int64, only when the graph takes token_type_ids
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+class PairTokenizer:
+    """Wraps tokenizer.json with the truncation and padding rules sentence-transformers applies."""
+
+    def __init__(self, path: str | Path, spec: TokenizerSpec, max_length: int, input_names: Sequence[str]):
+        unknown = [name for name in input_names if name not in TOKEN_INPUTS]
+        if unknown:
+            raise ValueError(f"the graph declares inputs crossonnx cannot build: {unknown}")
+        self.spec = spec
+        self.max_length = int(max_length)
+        self.input_names = tuple(input_names)
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(
+            self.max_length, strategy="longest_first", direction=spec.truncation_side
+        )
+        self._want_types = "token_type_ids" in self.input_names
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
+        """Tokenize pairs (already validated) without padding."""
+        encodings = self._tokenizer.encode_batch(pairs)
+        n = len(encodings)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
+        total = int(lengths.sum())
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+        type_ids = None
+        if self._want_types:
+            type_ids = np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=total)
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return EncodedPairs(lengths=lengths, starts=starts, ids=ids, type_ids=type_ids)
+
+    def batch(self, encoded: EncodedPairs, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Padded feed dict for the pairs at ``rows`` (indices into ``encoded``)."""
+        lengths = encoded.lengths[rows]
+        width = int(lengths.max())
+        positions = np.arange(width)
+        if self.spec.padding_side == "left":
+            mask = positions >= (width - lengths)[:, None]
+        else:
+            mask = positions < lengths[:, None]
+        # flat positions of the selected pairs' tokens, in row-major order of the padded batch
+        before = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=before[1:])
+        gather = np.repeat(encoded.starts[rows] - before, lengths) + np.arange(int(lengths.sum()))
+        feed: dict[str, np.ndarray] = {}
+        for name in self.input_names:
+            if name == "input_ids":
+                arr = np.full((len(rows), width), self.spec.pad_id, dtype=np.int64)
+                arr[mask] = encoded.ids[gather]
+            elif name == "token_type_ids":
+                assert encoded.type_ids is not None
+                arr = np.full((len(rows), width), self.spec.pad_type_id, dtype=np.int64)
+                arr[mask] = encoded.type_ids[gather]
+            else:  # attention_mask
+                arr = mask.astype(np.int64)
+            feed[name] = arr
+        return feed

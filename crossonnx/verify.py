@@ -1,0 +1,51 @@
+"""Re-check an exported folder without torch: checksums, then the stored PyTorch reference scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossonnx.encoder import CrossEncoder
+from crossonnx.errors import ModelFolderError
+from crossonnx.manifest import check_file, load_manifest, sha256_file
+from crossonnx.metrics import compare
+
+
+def verify_folder(
+    folder: str | Path, precisions: list[str] | None = None, provider: str = "cpu"
+) -> dict[str, dict[str, Any]]:
+    """Per precision: checksum ok, parity against the stored reference, and whether the export-time gate holds.
+
+    On a GPU provider the gate is the one recorded at export (measured on CPU); compare the figures, not the verdict.
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if sha256_file(folder / manifest.tokenizer.file) != manifest.tokenizer.sha256:
+        raise ModelFolderError(f"{folder / manifest.tokenizer.file} does not match its checksum; re-export")
+    ref_path = folder / manifest.reference.get("file", "reference.json")
+    if not ref_path.is_file():
+        raise ModelFolderError(f"{folder} has no reference scores ({ref_path.name}); re-export to verify it")
+    reference = json.loads(ref_path.read_text(encoding="utf-8"))
+    pairs = [tuple(pair) for pair in reference["pairs"]]
+    expected = np.asarray(reference["scores"], dtype=np.float32)
+    results: dict[str, dict[str, Any]] = {}
+    for precision in precisions or list(manifest.precisions):
+        entry = manifest.entry(precision)
+        check_file(folder, entry, verify_checksum=True)
+        encoder = CrossEncoder(folder, precision=precision, provider=provider)
+        measured = compare(np.asarray(encoder.predict(pairs, batch_size=16)), expected)
+        gate = entry.parity.get("gate", {})
+        limit = gate.get("max_abs_diff")
+        min_rho = gate.get("min_spearman")
+        measured["passed"] = (
+            measured["finite"]
+            and (limit is None or measured["max_abs_diff"] <= limit)
+            and (min_rho is None or measured["spearman"] >= min_rho)
+        )
+        measured["provider"] = encoder.provider
+        measured["gate"] = gate
+        results[precision] = measured
+    return results

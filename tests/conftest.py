@@ -1,0 +1,70 @@
+"""Shared fixtures: offline checkpoints of every architecture family, exported once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pairs import FAMILIES, RANDOM_WEIGHT_GATES
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crossonnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(work_dir: Path) -> dict[str, Path]:
+    from crossonnx.checkpoints.synthetic import build_tiny
+
+    return {family: build_tiny(family, work_dir / "ckpt" / family, seed=1) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(work_dir: Path, tiny_checkpoints: dict[str, Path]) -> dict[str, Path]:
+    from crossonnx.exporter.pipeline import export_model
+
+    return {
+        family: export_model(
+            str(path), out=work_dir / "onnx" / family, gate_overrides=RANDOM_WEIGHT_GATES, log=None
+        )
+        for family, path in tiny_checkpoints.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint() -> Path:
+    """The real-weight STSb cross-encoder (trained once, cached under CROSSONNX_CACHE)."""
+    from crossonnx.checkpoints.stsb_minilm import build_reference_model
+
+    return build_reference_model()
+
+
+@pytest.fixture(scope="session")
+def reference_export(work_dir: Path, reference_checkpoint: Path) -> Path:
+    from crossonnx.exporter.pipeline import export_model
+
+    return export_model(str(reference_checkpoint), out=work_dir / "onnx" / "stsb-minilm", log=None)
+
+
+@pytest.fixture(scope="session")
+def st_model_factory():
+    """sentence-transformers CrossEncoder per checkpoint, cached (the reference the runtime must match)."""
+    from sentence_transformers import CrossEncoder
+
+    cache: dict[str, object] = {}
+
+    def get(path: Path, **kwargs: object) -> object:
+        key = f"{path}|{sorted(kwargs.items())}"
+        if key not in cache:
+            cache[key] = CrossEncoder(str(path), device="cpu", local_files_only=True, **kwargs)
+        return cache[key]
+
+    return get
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

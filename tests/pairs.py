@@ -1,0 +1,35 @@
+"""Test data shared by the test modules: the families and the pairs the runtime is checked on."""
+
+from __future__ import annotations
+
+import random
+
+from crossonnx.stsb import load_stsb
+
+FAMILIES = ("bert", "electra", "roberta", "distilroberta")
+# random weights give near-tied scores, so rank agreement of int8 means nothing there: gate it on absolute error
+RANDOM_WEIGHT_GATES = ("int8:max_abs=0.05,spearman=off",)
+
+
+def parity_pairs(n: int = 48, seed: int = 7) -> list[tuple[str, str]]:
+    """Pairs the exporter's validation set does not contain: STSb test pairs, query-passage pairs, odd text."""
+    rng = random.Random(seed)
+    test = load_stsb("test")
+    sentences = [r.sentence1 for r in test] + [r.sentence2 for r in test]
+    pairs = [(r.sentence1, r.sentence2) for r in rng.sample(test, n // 2)]
+    for _ in range(n // 2 - 8):
+        words: list[str] = []
+        while len(words) < rng.randint(30, 160):
+            words += rng.choice(sentences).split()
+        pairs.append((" ".join(rng.choice(sentences).split()[:5]), " ".join(words)))
+    pairs += [
+        ("", "only a passage"),
+        ("¿Dónde está la biblioteca?", "La biblioteca está en el centro, al lado del ayuntamiento."),
+        ("naïve café", "NAÏVE CAFÉ"),
+        ("日本語のテキスト", "中文文本和한국어"),
+        ("tab\tand\nnewline", "  leading and trailing  "),
+        ("x " * 400, "y " * 400),
+        ("🙂", "🙃🙂"),
+        ("Straße", "STRASSE"),
+    ]
+    return pairs

@@ -1,0 +1,108 @@
+"""What an export writes: a self-describing folder whose manifest is the runtime's only contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crossonnx.manifest import load_manifest, sha256_file
+from crossonnx.registry import load_registry
+
+
+def test_manifest_describes_the_folder(tiny_exports):
+    for family, folder in tiny_exports.items():
+        manifest = load_manifest(folder)
+        assert set(manifest.precisions) == {"fp32", "fp16", "int8"}
+        for entry in manifest.precisions.values():
+            path = folder / entry.file
+            assert sha256_file(path) == entry.sha256 and path.stat().st_size == entry.bytes
+            assert entry.parity["passed"] is True and entry.parity["n"] >= 70
+        assert manifest.precisions["fp32"].parity["max_abs_diff"] <= 1e-5
+        assert manifest.activation == "sigmoid" and manifest.num_labels == 1
+        assert manifest.max_length == 512
+        assert manifest.source["kind"] == "local"
+        assert manifest.versions["torch"] and manifest.versions["onnxruntime"]
+        expected_inputs = ["input_ids", "attention_mask"]
+        if family in ("bert", "electra"):
+            expected_inputs.append("token_type_ids")
+        assert manifest.inputs == expected_inputs
+        reference = json.loads((folder / "reference.json").read_text())
+        assert len(reference["pairs"]) == len(reference["scores"]) == manifest.reference["pairs"]
+
+
+def test_roberta_max_length_is_usable_positions(tiny_exports):
+    manifest = load_manifest(tiny_exports["roberta"])
+    assert manifest.architecture["max_position_embeddings"] == 514
+    assert manifest.architecture["max_tokens"] == 512 == manifest.max_length
+
+
+def test_fused_graph_and_fp16_keep_sensitive_ops_in_fp32(tiny_exports):
+    import onnx
+
+    folder = tiny_exports["bert"]
+    manifest = load_manifest(folder)
+    assert manifest.precisions["fp32"].details["fused_operators"]["Attention"] == 2
+    fp16 = onnx.load(str(folder / manifest.precisions["fp16"].file))
+    assert [i.type.tensor_type.elem_type for i in fp16.graph.output] == [onnx.TensorProto.FLOAT]
+    details = manifest.precisions["fp16"].details
+    assert "SkipLayerNormalization" in details["fp32_ops"] and "Softmax" in details["fp32_ops"]
+    assert any("classifier" in name for name in details["fp32_nodes"])
+    initializers = {i.name: i.data_type for i in fp16.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in initializers.values()
+
+
+def test_cli_list_prints_every_registry_model():
+    done = subprocess.run([sys.executable, "-m", "crossonnx.cli", "list"], capture_output=True, text=True,
+                          check=True)
+    for name, spec in load_registry().items():
+        assert name in done.stdout and spec.hub_id in done.stdout
+    assert "STSb test Spearman x100 85.50" in done.stdout
+    assert "MRR@10 (MS MARCO dev) 36.13" in done.stdout
+
+
+def test_registry_covers_the_seed_models():
+    seed = {
+        "ms-marco-TinyBERT-L-2", "ms-marco-TinyBERT-L-4", "ms-marco-TinyBERT-L-6", "ms-marco-electra-base",
+        "stsb-TinyBERT-L-4", "stsb-distilroberta-base", "stsb-roberta-base", "stsb-roberta-large",
+        "quora-distilroberta-base", "quora-roberta-base", "quora-roberta-large",
+        "ms-marco-MiniLM-L-6-v2", "ms-marco-MiniLM-L-12-v2",
+    }
+    registry = load_registry()
+    assert set(registry) == seed
+    for spec in registry.values():
+        assert spec.hub_id == f"cross-encoder/{spec.name}"
+        assert spec.metric["value"] > 0 and spec.activation in {"sigmoid", "identity"}
+
+
+def test_cli_export_then_verify(tmp_path, tiny_checkpoints):
+    out = tmp_path / "cli-export"
+    export = subprocess.run(
+        [sys.executable, "-m", "crossonnx.cli", "export", str(tiny_checkpoints["distilroberta"]), "--out", str(out),
+         "--precision", "fp32,int8", "--max-length", "128", "--gate", "int8:max_abs=0.05,spearman=off"],
+        capture_output=True, text=True, check=False,
+    )
+    assert export.returncode == 0, export.stderr
+    assert "[1/" in export.stderr and "validating int8" in export.stderr  # progress is shown
+    manifest = load_manifest(out)
+    assert set(manifest.precisions) == {"fp32", "int8"} and manifest.max_length == 128
+    assert manifest.precisions["int8"].parity["gate"]["min_spearman"] is None
+    verify = subprocess.run([sys.executable, "-m", "crossonnx.cli", "verify", str(out)], capture_output=True,
+                            text=True, check=False)
+    assert verify.returncode == 0 and verify.stdout.count(" ok ") == 2
+
+
+@pytest.mark.parametrize("name", ["ms-marco-TinyBERT-L-2"])
+def test_seed_shape_exports_in_all_precisions(tmp_path, name):
+    """The smallest seed model at its exact shape; scripts in export/ do the same for every entry."""
+    from crossonnx.checkpoints.synthetic import build_seed_shape
+    from crossonnx.exporter.pipeline import export_model
+    from pairs import RANDOM_WEIGHT_GATES
+
+    checkpoint = build_seed_shape(name, tmp_path / "ckpt")
+    folder = export_model(str(checkpoint), out=tmp_path / "onnx", gate_overrides=RANDOM_WEIGHT_GATES, log=None)
+    manifest = load_manifest(folder)
+    assert manifest.architecture["hidden_size"] == load_registry()[name].shape["hidden"]
+    assert all(entry.parity["passed"] for entry in manifest.precisions.values())
