@@ -122,6 +122,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from crossonnx.bench.report import throughput_markdown
+    from crossonnx.bench.throughput import BenchConfig, BenchModel, environment, make_peer_dir, run_matrix
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    engines = args.engines.split(",") if args.engines else (
+        ["st-torch-fp32", "crossonnx-fp32", "crossonnx-int8"] if checkpoint else ["crossonnx-fp32", "crossonnx-int8"]
+    )
+    model = BenchModel(name=Path(args.model_dir).name, checkpoint=checkpoint, export_dir=Path(args.model_dir))
+    config = BenchConfig(threads=args.threads or 2, reps=args.reps, peers_python=args.peers_python,
+                         pairs={w: args.pairs for w in ("query-passage", "sentence-pairs")})
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is not None:
+            model.peer_dir = make_peer_dir(model, Path(tmp) / "peer")
+        result = run_matrix([model], engines, args.workloads.split(","), config, Path(tmp), log=print)
+    doc = {"environment": environment(), "throughput": result,
+           "config": {"threads": config.threads, "reps": config.reps, "batch_size": config.batch_size}}
+    if args.out:
+        out = Path(args.out)
+        out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(throughput_markdown(doc, "crossonnx bench", "crossonnx bench"))
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def _runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="an exported model folder")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
@@ -179,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="comma-separated precisions (default: all exported)")
     p.add_argument("--provider", default="cpu")
     p.set_defaults(run=_cmd_verify)
+
+    p = sub.add_parser("bench", help="throughput of an exported model, optionally against PyTorch and peers")
+    p.add_argument("model_dir")
+    p.add_argument("--checkpoint", help="the PyTorch checkpoint, to compare with sentence-transformers")
+    p.add_argument("--engines", help="comma-separated; see crossonnx/bench/worker.py (default: fp32, int8, torch)")
+    p.add_argument("--workloads", default="query-passage", help="query-passage, sentence-pairs, rank-100")
+    p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--peers-python", help="Python of an environment with sentence-transformers 5 + optimum")
+    p.add_argument("--out", help="write JSON here (and markdown beside it)")
+    p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("info", help="print a model folder's manifest")
     p.add_argument("model_dir")

@@ -106,3 +106,29 @@ def test_seed_shape_exports_in_all_precisions(tmp_path, name):
     manifest = load_manifest(folder)
     assert manifest.architecture["hidden_size"] == load_registry()[name].shape["hidden"]
     assert all(entry.parity["passed"] for entry in manifest.precisions.values())
+
+
+def test_registry_name_resolves_through_the_hugging_face_cache(tmp_path):
+    """The Hub path, offline: a models.yaml name -> Hub id -> a snapshot in the standard HF cache."""
+    import os
+
+    from crossonnx.checkpoints.synthetic import build_seed_shape
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--cross-encoder--ms-marco-TinyBERT-L-2"
+    build_seed_shape("ms-marco-TinyBERT-L-2", repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    done = subprocess.run(
+        [sys.executable, "-m", "crossonnx.cli", "export", "ms-marco-TinyBERT-L-2", "--precision", "fp32,int8",
+         "--gate", "int8:max_abs=0.05,spearman=off"],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "models" / "ms-marco-TinyBERT-L-2"
+    assert done.stdout.strip() == "models/ms-marco-TinyBERT-L-2"
+    source = load_manifest(folder).source
+    assert source == {"kind": "registry", "id": "cross-encoder/ms-marco-TinyBERT-L-2", "revision": revision,
+                      "registry_name": "ms-marco-TinyBERT-L-2"}
+    assert folder.stat().st_mode & 0o077  # not left private like a temporary folder

@@ -37,6 +37,7 @@ class Recipe:
     weight_decay: float = 0.01
     both_orders: bool = True
     freeze_word_embeddings: bool = True  # halves the step time on CPU; the vocabulary is already trained
+    group_by_length: bool = True  # batches of similar length pad less: same data, fewer FLOPs
     seed: int = 12345
 
     def key(self) -> str:
@@ -69,6 +70,21 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _epoch_batches(lengths: list[int], recipe: Recipe, shuffler: random.Random) -> list[list[int]]:
+    """Shuffled batches; with group_by_length, each comes from a window of 50 batches sorted by length."""
+    order = list(range(len(lengths)))
+    shuffler.shuffle(order)
+    size = recipe.batch_size
+    if recipe.group_by_length:
+        window = 50 * size
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
+    batches = [order[s : s + size] for s in range(0, len(order), size)]
+    if recipe.group_by_length:
+        shuffler.shuffle(batches)
+    return batches
+
+
 def train(out: Path, recipe: Recipe, threads: int | None = None) -> dict[str, Any]:
     """Fine-tune and save to ``out``; returns the build record."""
     import torch
@@ -76,6 +92,7 @@ def train(out: Path, recipe: Recipe, threads: int | None = None) -> dict[str, An
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(recipe.seed)
@@ -107,11 +124,10 @@ def train(out: Path, recipe: Recipe, threads: int | None = None) -> dict[str, An
     model.train()
     started = time.perf_counter()
     step = 0
+    lengths = [len(a) + len(b) for a, b, _ in examples]
     for epoch in range(recipe.epochs):
-        order = list(range(len(examples)))
-        shuffler.shuffle(order)
-        for start in range(0, len(order), recipe.batch_size):
-            batch = [examples[i] for i in order[start : start + recipe.batch_size]]
+        for indices in _epoch_batches(lengths, recipe, shuffler):
+            batch = [examples[i] for i in indices]
             features = tokenizer(
                 [b[0] for b in batch], [b[1] for b in batch], padding=True, truncation=True, return_tensors="pt"
             )
@@ -136,9 +152,12 @@ def train(out: Path, recipe: Recipe, threads: int | None = None) -> dict[str, An
 
 def evaluate(folder: Path, split: str = "test") -> float:
     """STSb Spearman x100 of the saved model, scored by sentence-transformers (as the seed cards report it)."""
+    import transformers
     from sentence_transformers import CrossEncoder
 
     from crossonnx.metrics import spearman
+
+    transformers.utils.logging.disable_progress_bar()
 
     rows = load_stsb(split)
     model = CrossEncoder(str(folder), device="cpu", local_files_only=True)

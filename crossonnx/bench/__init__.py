@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and latency against PyTorch and the ONNX peers (needs the `bench` extra)."""

@@ -1,0 +1,57 @@
+"""What a benchmark figure was measured on: CPU model and instruction sets, cores, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+INTERESTING_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+)
+LIBRARIES = (
+    "crossonnx", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "sentence-transformers", "onnx",
+)
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model name, the SIMD flags that decide fp32/bf16/int8 kernels, and the CPUs this process may use."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if (line.startswith("model name") and model in ("unknown", "")) or line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 0
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "cpus": cpus,
+        "simd": [flag for flag in INTERESTING_FLAGS if flag in flags],
+        "no_simd": [flag for flag in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+                    if flag not in flags],
+    }
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def describe_cpu(info: dict[str, object]) -> str:
+    return (f"{info['model']} ({info['machine']}, {info['cpus']} CPUs); SIMD: {' '.join(info['simd'])}; "
+            f"absent: {' '.join(info['no_simd'])}")

@@ -1,0 +1,219 @@
+"""Throughput, latency, cold start and memory of crossonnx against PyTorch and the ONNX peers, side by side.
+
+Each (engine, model, workload) runs in a fresh process (engines never share a process or thread pool), with the
+same thread count, a warm-up that is not counted, and several timed passes whose median is reported. Ratios are
+taken against sentence-transformers on PyTorch fp32 measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.workloads import WORKLOADS
+from crossonnx.metrics import spearman
+
+WORKER = Path(__file__).with_name("worker.py")
+TORCH_ENGINES = ("st-torch-fp32", "st-torch-bf16")
+PEER_ENGINES = ("st-onnx", "st-onnx-qint8", "fastembed")  # run with the peers' Python (their own environment)
+CROSSONNX_ENGINES = ("crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8")
+ALL_ENGINES = (*TORCH_ENGINES, *PEER_ENGINES, "flashrank-style", *CROSSONNX_ENGINES)
+REFERENCE_ENGINE = "st-torch-fp32"
+
+
+@dataclass
+class BenchModel:
+    """One model under test: its checkpoint (PyTorch engines), export (crossonnx) and peer folder."""
+
+    name: str
+    checkpoint: Path | None
+    export_dir: Path
+    peer_dir: Path | None = None
+    real_weights: bool = False
+
+
+@dataclass
+class BenchConfig:
+    threads: int = 2
+    reps: int = 5
+    min_seconds: float = 1.0
+    batch_size: int = 32
+    pairs: dict[str, int] = field(default_factory=lambda: {"query-passage": 256, "sentence-pairs": 512})
+    latency_calls: int = 0
+    peers_python: str | None = None
+    timeout_s: int = 1800
+
+
+def make_peer_dir(model: BenchModel, out: Path) -> Path:
+    """A folder sentence-transformers' onnx backend and fastembed both load: checkpoint files + our fp32 graph."""
+    manifest = json.loads((model.export_dir / "crossonnx.json").read_text(encoding="utf-8"))
+    out.mkdir(parents=True, exist_ok=True)
+    assert model.checkpoint is not None
+    for path in model.checkpoint.iterdir():
+        if path.suffix in {".json", ".txt"} and path.name != "crossonnx-build.json":
+            shutil.copyfile(path, out / path.name)
+    shutil.copyfile(model.export_dir / "tokenizer.json", out / "tokenizer.json")
+    tok_config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
+    pad = manifest["tokenizer"]["pad_token"]
+    tok_config.update(model_max_length=manifest["max_length"], pad_token=pad)
+    tok_config_path.write_text(json.dumps(tok_config))
+    if not (out / "special_tokens_map.json").is_file():
+        (out / "special_tokens_map.json").write_text(json.dumps({"pad_token": pad}))
+    link = out / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to((model.export_dir / manifest["precisions"]["fp32"]["file"]).resolve())
+    return out
+
+
+def prepare_st_qint8(peer_dir: Path, peers_python: str) -> None:
+    """sentence-transformers' own dynamic int8 (avx2 config) of the same graph, made in the peers' environment."""
+    if (peer_dir / "onnx" / "model_qint8_avx2.onnx").is_file():
+        return
+    script = (
+        "import sys; from sentence_transformers import CrossEncoder, export_dynamic_quantized_onnx_model\n"
+        "m = CrossEncoder(sys.argv[1], backend='onnx', local_files_only=True, "
+        "model_kwargs={'file_name': 'model.onnx'})\n"
+        "export_dynamic_quantized_onnx_model(m, 'avx2', sys.argv[1])\n"
+    )
+    subprocess.run([peers_python, "-c", script, str(peer_dir)], check=True, capture_output=True, text=True)
+
+
+def _python_for(engine: str, config: BenchConfig) -> str | None:
+    if engine in PEER_ENGINES:
+        return config.peers_python
+    return sys.executable
+
+
+def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchConfig, scores_out: Path,
+               latency: int = 0) -> dict[str, Any]:
+    """One measurement in a fresh process; {'error': ...} when the engine cannot run here."""
+    python = _python_for(engine, config)
+    if python is None:
+        return {"engine": engine, "error": "peers environment not given (--peers-python)"}
+    if engine in (*TORCH_ENGINES, *PEER_ENGINES) and model.checkpoint is None:
+        return {"engine": engine, "error": "needs the PyTorch checkpoint"}
+    cmd = [python, str(WORKER), "--engine", engine, "--model-dir", str(model.export_dir), "--pairs",
+           str(pairs_file), "--threads", str(config.threads), "--reps", str(config.reps), "--min-seconds",
+           str(config.min_seconds), "--batch-size", str(config.batch_size), "--scores-out", str(scores_out),
+           "--latency", str(latency)]
+    if model.checkpoint is not None:
+        cmd += ["--checkpoint", str(model.checkpoint)]
+    if model.peer_dir is not None:
+        cmd += ["--peer-dir", str(model.peer_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.threads), "MKL_NUM_THREADS": str(config.threads),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=config.timeout_s, check=False)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return {"engine": engine, "error": tail[0][:300]}
+    return json.loads(done.stdout)
+
+
+def cold_start(engine: str, model: BenchModel, config: BenchConfig, runs: int = 5) -> dict[str, Any]:
+    """Whole-process seconds for: start Python, import, load the model, score one pair, exit (median of runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs_file = Path(tmp) / "one.json"
+        pairs_file.write_text(json.dumps([["how many people live in berlin", "Berlin has 3.7 million people."]]))
+        times = []
+        cfg = BenchConfig(threads=config.threads, reps=1, min_seconds=0.0, batch_size=1,
+                          peers_python=config.peers_python)
+        result: dict[str, Any] = {}
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            result = run_engine(engine, model, pairs_file, cfg, Path(tmp) / "s.json")
+            times.append(time.perf_counter() - t0)
+            if "error" in result:
+                return result
+    return {"engine": engine, "cold_start_s": float(np.median(times)), "cold_start_all": times,
+            "peak_rss_mb": result.get("peak_rss_mb")}
+
+
+def compare_scores(scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Spearman and max abs difference of every engine's scores against PyTorch fp32's."""
+    reference = scores.get(REFERENCE_ENGINE)
+    out = {}
+    for engine, values in scores.items():
+        if reference is None or len(values) != len(reference):
+            continue
+        a, b = np.asarray(values), np.asarray(reference)
+        out[engine] = {
+            "spearman_vs_torch_fp32": spearman(a, b),
+            "max_abs_diff_vs_torch_fp32": float(np.abs(a - b).max()),
+        }
+    return out
+
+
+def run_matrix(models: list[BenchModel], engines: list[str], workloads: list[str], config: BenchConfig,
+               work: Path, log=print) -> dict[str, Any]:
+    """Every engine on every model and workload; returns the JSON-ready result document."""
+    results: list[dict[str, Any]] = []
+    for model in models:
+        for workload in workloads:
+            n = config.pairs.get(workload, 100)
+            pairs = WORKLOADS[workload](n, 0)
+            pairs_file = work / f"pairs-{workload}-{n}.json"
+            pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
+            scores: dict[str, list[float]] = {}
+            rows = []
+            for engine in engines:
+                scores_file = work / f"scores-{model.name}-{workload}-{engine}.json"
+                log(f"  {model.name:26s} {workload:15s} {engine:16s}", end="", flush=True)
+                result = run_engine(engine, model, pairs_file, config, scores_file)
+                result.update(model=model.name, workload=workload, real_weights=model.real_weights)
+                if "error" not in result:
+                    scores[engine] = json.loads(scores_file.read_text())
+                    log(f" {result['pairs_per_s']:9.1f} pairs/s")
+                else:
+                    log(f" error: {result['error']}")
+                rows.append(result)
+            agreement = compare_scores(scores)
+            reference = next((r for r in rows if r["engine"] == REFERENCE_ENGINE and "error" not in r), None)
+            bf16 = next((r for r in rows if r["engine"] == "st-torch-bf16" and "error" not in r), None)
+            for row in rows:
+                if "error" in row:
+                    continue
+                row.update(agreement.get(row["engine"], {}))
+                if reference:
+                    row["x_torch_fp32"] = row["pairs_per_s"] / reference["pairs_per_s"]
+                if bf16:
+                    row["x_torch_bf16"] = row["pairs_per_s"] / bf16["pairs_per_s"]
+            results.extend(rows)
+    return {"kind": "throughput", "results": results}
+
+
+def run_latency(models: list[BenchModel], engines: list[str], config: BenchConfig, work: Path, calls: int = 200,
+                log=print) -> list[dict[str, Any]]:
+    """Batch-1 latency: one query-passage pair per call."""
+    pairs = WORKLOADS["query-passage"](calls, 1)
+    pairs_file = work / "pairs-latency.json"
+    pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
+    cfg = BenchConfig(threads=config.threads, reps=1, min_seconds=0.0, batch_size=1,
+                      peers_python=config.peers_python)
+    out = []
+    for model in models:
+        for engine in engines:
+            result = run_engine(engine, model, pairs_file, cfg, work / "latency-scores.json", latency=calls)
+            result.update(model=model.name, workload="batch-1 latency")
+            if "error" not in result:
+                log(f"  {model.name:26s} latency   {engine:16s} p50 {result['latency_ms_p50']:7.2f} ms "
+                    f"p99 {result['latency_ms_p99']:7.2f} ms")
+            out.append(result)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    return {"cpu": cpu_info(), "versions": library_versions(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                    time.gmtime())}
