@@ -20,7 +20,7 @@ from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.registry import load_registry
 
-RANDOM_WEIGHT_GATES = ["int8:max_abs=0.05,spearman=off"]
+RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ import random
 from crossonnx.stsb import load_stsb
 
 FAMILIES = ("bert", "electra", "roberta", "distilroberta")
-# random weights give near-tied scores, so rank agreement of int8 means nothing there: gate it on absolute error
-RANDOM_WEIGHT_GATES = ("int8:max_abs=0.05,spearman=off",)
+# random weights give near-tied scores (std ~0.002), so rank agreement of fp16 and int8 means nothing there:
+# gate them on absolute error only; the real-weight model is gated on both
+RANDOM_WEIGHT_GATES = ("fp16:spearman=off", "int8:max_abs=0.05,spearman=off")
 
 
 def parity_pairs(n: int = 48, seed: int = 7) -> list[tuple[str, str]]:

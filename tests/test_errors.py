@@ -176,7 +176,7 @@ def test_failed_validation_writes_nothing(tmp_path, tiny_checkpoints):
     from crossonnx.exporter.pipeline import export_model
 
     out = tmp_path / "out"
-    with pytest.raises(ValidationError, match=r"nothing was written: int8: max abs diff .* > 1e-09"):
+    with pytest.raises(ValidationError, match=r"nothing was written: .*int8: max abs diff .* > 1e-09"):
         export_model(str(tiny_checkpoints["roberta"]), out=out, gate_overrides=["int8:max_abs=1e-9"], log=None)
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder is left
 

@@ -44,7 +44,9 @@ def test_fused_graph_and_fp16_keep_sensitive_ops_in_fp32(tiny_exports):
 
     folder = tiny_exports["bert"]
     manifest = load_manifest(folder)
-    assert manifest.precisions["fp32"].details["fused_operators"]["Attention"] == 2
+    # two layers: the first fuses to Attention, the last computes the [CLS] position only
+    assert manifest.precisions["fp32"].details["fused_operators"]["Attention"] == 1
+    assert all(entry.details["cls_only_last_layer"] for entry in manifest.precisions.values())
     fp16 = onnx.load(str(folder / manifest.precisions["fp16"].file))
     assert [i.type.tensor_type.elem_type for i in fp16.graph.output] == [onnx.TensorProto.FLOAT]
     details = manifest.precisions["fp16"].details

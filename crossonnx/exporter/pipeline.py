@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from crossonnx.batching import plan_batches
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.convert import export_plain_graph, graph_input_names, load_checkpoint, quiet_libraries
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
@@ -20,8 +21,9 @@ from crossonnx.exporter.quantize import quantize_int8
 from crossonnx.exporter.reference import REFERENCE_NAME, reference_scores
 from crossonnx.exporter.source import resolve_source
 from crossonnx.exporter.validate import default_gates, parse_gate_overrides, validate_precision
-from crossonnx.exporter.validation_pairs import validation_pairs
+from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
 from crossonnx.manifest import Manifest, PrecisionEntry, TokenizerSpec, sha256_file
+from crossonnx.tokenization import PairTokenizer
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 17
@@ -72,6 +74,15 @@ def _normalize_precisions(precisions: Iterable[str] | str) -> list[str]:
     if unknown or not wanted:
         raise ExportError(f"unknown precision(s) {unknown or wanted}; choose from {', '.join(PRECISIONS)}")
     return [p for p in PRECISIONS if p in wanted]
+
+
+def calibration_feeds(
+    tokenizer_file: Path, spec: TokenizerSpec, max_length: int, names: list[str], batch: int = 16
+) -> list[dict]:
+    """Model inputs for the int8 calibration pairs, length-sorted batches of ``batch``."""
+    tokenizer = PairTokenizer(tokenizer_file, spec, max_length, names)
+    encoded = tokenizer.encode(calibration_pairs())
+    return [tokenizer.batch(encoded, rows) for rows in plan_batches(encoded.lengths, batch)]
 
 
 def _replace_folder(tmp: Path, out: Path) -> None:
@@ -139,24 +150,38 @@ def export_model(
 
         steps(f"exporting the ONNX graph (opset {opset})")
         plain = tmp / "model_plain.onnx"
-        export_plain_graph(checkpoint, names, plain, opset)
+        pruned = export_plain_graph(checkpoint, names, plain, opset)
+        steps.note("last layer computes the [CLS] position only" if pruned else "full graph (no [CLS]-only head)")
         del checkpoint.model  # free memory before the graph passes
 
         steps("fusing transformer operators")
         details = {"fp32": fuse(plain, tmp / FILES["fp32"], checkpoint.config)}
+        for variant in details.values():
+            variant["cls_only_last_layer"] = pruned
         steps.note(str(details["fp32"].get("fused_operators", details["fp32"]["graph"])))
         if "fp16" in wanted:
             steps("converting to mixed fp16")
-            details["fp16"] = to_mixed_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"])
+            details["fp16"] = {**to_mixed_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"]), "cls_only_last_layer": pruned}
+        tokenizer = checkpoint.tokenizer
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        tokenizer_spec = TokenizerSpec(
+            file="tokenizer.json",
+            sha256=sha256_file(tmp / "tokenizer.json"),
+            pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+            pad_token=str(tokenizer.pad_token),
+            pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+            padding_side=str(tokenizer.padding_side),
+            truncation_side=str(tokenizer.truncation_side),
+        )
         if "int8" in wanted:
-            steps("quantizing to int8")
-            details["int8"] = quantize_int8(plain, tmp / FILES["int8"])
+            steps("quantizing to int8 (measuring which MatMuls int8 hurts)")
+            feeds = calibration_feeds(tmp / "tokenizer.json", tokenizer_spec, reference.max_length, names)
+            details["int8"] = quantize_int8(plain, tmp / FILES["int8"], feeds=feeds, log=steps.note)
+            details["int8"]["cls_only_last_layer"] = pruned
         plain.unlink()
         if "fp32" not in wanted:
             (tmp / FILES["fp32"]).unlink()
 
-        tokenizer = checkpoint.tokenizer
-        checkpoint.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         reference.write(tmp, torch_version=metadata.version("torch"))
         config = checkpoint.config
         manifest = Manifest(
@@ -177,15 +202,7 @@ def export_model(
             max_length=reference.max_length,
             inputs=names,
             output="logits",
-            tokenizer=TokenizerSpec(
-                file="tokenizer.json",
-                sha256=sha256_file(tmp / "tokenizer.json"),
-                pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-                pad_token=str(tokenizer.pad_token),
-                pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-                padding_side=str(tokenizer.padding_side),
-                truncation_side=str(tokenizer.truncation_side),
-            ),
+            tokenizer=tokenizer_spec,
             precisions={
                 p: PrecisionEntry(
                     file=FILES[p],

@@ -48,3 +48,15 @@ def validation_pairs(seed: int = 0) -> list[tuple[str, str]]:
     pairs.append((_passage(rng, sentences, 260), _passage(rng, sentences, 260)))
     pairs.extend(EDGE_CASES)
     return pairs
+
+
+def calibration_pairs(seed: int = 1) -> list[tuple[str, str]]:
+    """128 pairs from STSb *train* (disjoint from validation): 96 sentence pairs and 32 query-passage pairs."""
+    rng = random.Random(seed)
+    train = load_stsb("train")
+    sentences = [row.sentence1 for row in train] + [row.sentence2 for row in train]
+    pairs = [(row.sentence1, row.sentence2) for row in rng.sample(train, 96)]
+    for _ in range(32):
+        query_words = rng.choice(sentences).split()[: rng.randint(2, 8)]
+        pairs.append((" ".join(query_words), _passage(rng, sentences, rng.randint(40, 150))))
+    return pairs
