@@ -48,10 +48,12 @@ class PairTokenizer:
             self.max_length, strategy="longest_first", direction=spec.truncation_side
         )
         self._want_types = "token_type_ids" in self.input_names
+        # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which scoring never reads
+        self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
         """Tokenize pairs (already validated) without padding."""
-        encodings = self._tokenizer.encode_batch(pairs)
+        encodings = self._encode_batch(pairs)
         n = len(encodings)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
         total = int(lengths.sum())

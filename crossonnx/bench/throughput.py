@@ -39,7 +39,8 @@ class BenchModel:
     name: str
     checkpoint: Path | None
     export_dir: Path
-    peer_dir: Path | None = None
+    peer_dir: Path | None = None  # checkpoint files + our fp32 graph as model.onnx
+    st_int8_dir: Path | None = None  # sentence-transformers' own export + its avx2 int8 file
     real_weights: bool = False
 
 
@@ -51,6 +52,7 @@ class BenchConfig:
     batch_size: int = 32
     pairs: dict[str, int] = field(default_factory=lambda: {"query-passage": 256, "sentence-pairs": 512})
     latency_calls: int = 0
+    reps_for: dict[str, int] = field(default_factory=dict)  # per-engine override of reps
     peers_python: str | None = None
     timeout_s: int = 1800
 
@@ -78,17 +80,22 @@ def make_peer_dir(model: BenchModel, out: Path) -> Path:
     return out
 
 
-def prepare_st_qint8(peer_dir: Path, peers_python: str) -> None:
-    """sentence-transformers' own dynamic int8 (avx2 config) of the same graph, made in the peers' environment."""
-    if (peer_dir / "onnx" / "model_qint8_avx2.onnx").is_file():
-        return
+def prepare_st_qint8(model: BenchModel, out: Path, peers_python: str) -> Path:
+    """sentence-transformers' own int8 path, as its docs show it: export with optimum, then
+    export_dynamic_quantized_onnx_model(model, "avx2"). (Its quantizer cannot take our fused graph.)"""
+    if list(out.glob("onnx/model_*int8_avx2.onnx")):
+        return out
     script = (
         "import sys; from sentence_transformers import CrossEncoder, export_dynamic_quantized_onnx_model\n"
-        "m = CrossEncoder(sys.argv[1], backend='onnx', local_files_only=True, "
-        "model_kwargs={'file_name': 'model.onnx'})\n"
-        "export_dynamic_quantized_onnx_model(m, 'avx2', sys.argv[1])\n"
+        "m = CrossEncoder(sys.argv[1], backend='onnx', local_files_only=True)\n"
+        "m.save_pretrained(sys.argv[2])\n"
+        "export_dynamic_quantized_onnx_model(m, 'avx2', sys.argv[2])\n"
     )
-    subprocess.run([peers_python, "-c", script, str(peer_dir)], check=True, capture_output=True, text=True)
+    done = subprocess.run([peers_python, "-c", script, str(model.checkpoint), str(out)], capture_output=True,
+                          text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0 or not list(out.glob("onnx/model_*int8_avx2.onnx")):
+        raise RuntimeError(f"sentence-transformers int8 export failed: {done.stderr.strip()[-500:]}")
+    return out
 
 
 def _python_for(engine: str, config: BenchConfig) -> str | None:
@@ -106,13 +113,15 @@ def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchCo
     if engine in (*TORCH_ENGINES, *PEER_ENGINES) and model.checkpoint is None:
         return {"engine": engine, "error": "needs the PyTorch checkpoint"}
     cmd = [python, str(WORKER), "--engine", engine, "--model-dir", str(model.export_dir), "--pairs",
-           str(pairs_file), "--threads", str(config.threads), "--reps", str(config.reps), "--min-seconds",
+           str(pairs_file), "--threads", str(config.threads), "--reps", str(config.reps_for.get(engine, config.reps)),
+           "--min-seconds",
            str(config.min_seconds), "--batch-size", str(config.batch_size), "--scores-out", str(scores_out),
            "--latency", str(latency)]
     if model.checkpoint is not None:
         cmd += ["--checkpoint", str(model.checkpoint)]
-    if model.peer_dir is not None:
-        cmd += ["--peer-dir", str(model.peer_dir)]
+    peer_dir = model.st_int8_dir if engine == "st-onnx-qint8" else model.peer_dir
+    if peer_dir is not None:
+        cmd += ["--peer-dir", str(peer_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": str(config.threads), "MKL_NUM_THREADS": str(config.threads),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=config.timeout_s, check=False)

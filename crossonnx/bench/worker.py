@@ -66,6 +66,14 @@ def st_onnx(args: argparse.Namespace, file_name: str) -> Scorer:
     return lambda pairs, batch: np.asarray(model.predict(pairs, batch_size=batch, show_progress_bar=False))
 
 
+def st_int8_file(folder: str) -> str:
+    """The file sentence-transformers' export_dynamic_quantized_onnx_model(model, "avx2") wrote."""
+    found = sorted(Path(folder).glob("onnx/model_*int8_avx2.onnx"))
+    if not found:
+        raise FileNotFoundError(f"no sentence-transformers avx2 int8 file in {folder}/onnx")
+    return str(found[0].relative_to(folder))
+
+
 def crossonnx_runtime(args: argparse.Namespace, precision: str) -> Scorer:
     from crossonnx import CrossEncoder
 
@@ -120,7 +128,7 @@ ENGINES: dict[str, Callable[[argparse.Namespace], Scorer]] = {
     "st-torch-fp32": lambda a: st_torch(a, "fp32"),
     "st-torch-bf16": lambda a: st_torch(a, "bf16"),
     "st-onnx": lambda a: st_onnx(a, "model.onnx"),
-    "st-onnx-qint8": lambda a: st_onnx(a, "onnx/model_qint8_avx2.onnx"),
+    "st-onnx-qint8": lambda a: st_onnx(a, st_int8_file(a.peer_dir)),
     "fastembed": fastembed_engine,
     "flashrank-style": flashrank_style,
     "crossonnx-fp32": lambda a: crossonnx_runtime(a, "fp32"),

@@ -1,0 +1,40 @@
+"""Length-aware batching: every pair once, longest first, within the row and token budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossonnx.batching import plan_batches
+
+
+@pytest.mark.parametrize(("max_rows", "max_tokens"), [(1, None), (7, None), (32, None), (32, 300), (64, 2048)])
+def test_batches_cover_every_pair_once_within_budgets(max_rows, max_tokens):
+    lengths = np.random.default_rng(0).integers(3, 400, size=500)
+    batches = plan_batches(lengths, max_rows, max_tokens)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert list(lengths[flat]) == sorted(lengths, reverse=True)  # longest first, so padding stays small
+    for batch in batches:
+        assert 1 <= len(batch) <= max_rows
+        if max_tokens is not None and len(batch) > 1:
+            assert len(batch) * lengths[batch].max() <= max_tokens
+
+
+def test_a_pair_longer_than_the_budget_gets_its_own_batch():
+    batches = plan_batches(np.array([600, 10, 10]), max_rows=32, max_tokens=512)
+    assert [b.tolist() for b in batches] == [[0], [1, 2]]
+
+
+def test_padding_waste_is_small_for_sorted_batches():
+    lengths = np.random.default_rng(1).integers(20, 200, size=2000)
+    batches = plan_batches(lengths, 32, 2048)
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded / lengths.sum() < 1.05
+
+
+def test_bad_budgets():
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batches(np.array([3]), 0)
+    with pytest.raises(ValueError, match="token_budget"):
+        plan_batches(np.array([3]), 1, 0)
