@@ -26,7 +26,28 @@ from crossonnx.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_OF = {"torch-fp32": "st-torch-fp32", "torch-bf16": "st-torch-bf16", "crossonnx-fp32": "crossonnx-fp32",
-             "crossonnx-fp16": "crossonnx-fp16", "crossonnx-int8": "crossonnx-int8"}
+             "crossonnx-fp16": "crossonnx-fp16", "crossonnx-int8": "crossonnx-int8",
+             "crossonnx-int8-plain": "crossonnx-int8-plain"}
+PLAIN_INT8 = "int8-plain"
+
+
+def add_plain_int8(export_dir: Path) -> None:
+    """Add the baseline crossonnx's int8 replaced: ORT dynamic int8 on every MatMul (per-channel, 7-bit), no
+    [CLS] split, no fp32 MatMuls; built from the unfused graph the folder keeps (exported with --tensorrt)."""
+    from crossonnx.exporter.quantize import Int8Plan, write_int8
+    from crossonnx.manifest import sha256_file
+    from crossonnx.providers import UNFUSED_GRAPH
+
+    manifest_path = export_dir / "crossonnx.json"
+    doc = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if PLAIN_INT8 in doc["precisions"]:
+        return
+    out = export_dir / "model_int8_plain.onnx"
+    plan = Int8Plan(first_position_fp32=False)
+    write_int8(export_dir / doc["precisions"][UNFUSED_GRAPH]["file"], out, plan)
+    doc["precisions"][PLAIN_INT8] = {"file": out.name, "sha256": sha256_file(out), "bytes": out.stat().st_size,
+                                     "details": {"plan": "plain dynamic int8 (baseline)"}, "parity": {}}
+    manifest_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -46,13 +67,14 @@ def main() -> None:
         checkpoint, name = source.path, source.name
     export_dir = Path(args.work) / name
     if not (export_dir / "crossonnx.json").is_file():
-        export_model(str(checkpoint), out=export_dir)
+        export_model(str(checkpoint), out=export_dir, tensorrt=True)
+    add_plain_int8(export_dir)
     manifest = load_manifest(export_dir)
 
     scorers = {"torch-fp32": torch_scorer(checkpoint, "fp32", args.threads)}
     if not args.no_bf16:
         scorers["torch-bf16"] = torch_scorer(checkpoint, "bf16", args.threads)
-    for precision in manifest.precisions:
+    for precision in ("fp32", "fp16", "int8", PLAIN_INT8):
         scorers[f"crossonnx-{precision}"] = crossonnx_scorer(export_dir, precision, args.threads)
     rows = evaluate(scorers, queries=args.queries)
 
@@ -90,7 +112,9 @@ def markdown(doc: dict, args: argparse.Namespace) -> str:
         "STSb test: 1379 pairs, Spearman x100 against the gold scores. Agreement columns compare each engine's "
         "scores with sentence-transformers on PyTorch fp32 (sigmoid scores, 0..1). Rank: top-10 / top-1 overlap "
         f"with PyTorch fp32 over {args.queries} rank() calls of 100 candidates. Speed: end-to-end pairs/s on 512 "
-        f"STSb pairs, batch 32, {args.threads} threads, each engine in its own process.",
+        f"STSb pairs, batch 32, {args.threads} threads, each engine in its own process. `crossonnx-int8-plain` is "
+        "the baseline the exporter's int8 replaced: ONNX Runtime dynamic int8 on every MatMul (per-channel, 7-bit "
+        "weights) with no [CLS]-row split and no fp32 MatMuls; it is not shipped.",
         "",
         "| engine | STSb Spearman x100 | Δ vs fp32 | max abs diff | mean abs diff | Spearman vs fp32 "
         "| top-10 agree | top-1 agree | pairs/s | x torch fp32 |",

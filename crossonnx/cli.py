@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crossonnx.errors import CrossOnnxError
+from crossonnx.scale.cli import register as register_score_file
+from crossonnx.serve.cli import register as register_serve
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -39,6 +41,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         gate_overrides=args.gate or (),
         overwrite=args.overwrite,
+        tensorrt=args.tensorrt,
     )
     print(out)
     return 0
@@ -122,9 +125,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer
+    from crossonnx.manifest import load_manifest
+
+    threads = args.threads or 2
+    scorers = {}
+    if args.checkpoint:
+        scorers["torch-fp32"] = torch_scorer(Path(args.checkpoint), "fp32", threads)
+    for precision in load_manifest(args.model_dir).precisions:
+        scorers[f"crossonnx-{precision}"] = crossonnx_scorer(Path(args.model_dir), precision, threads)
+    reference = "torch-fp32" if args.checkpoint else next(iter(scorers))
+    rows = evaluate(scorers, reference=reference, queries=args.queries, log=lambda m: print(m, file=sys.stderr))
+    print(f"agreement against {reference}; STSb test: 1379 pairs; rank: {args.queries} lists of 100 candidates")
+    print(f"{'engine':24s} {'STSb x100':>9s} {'max abs diff':>12s} {'Spearman':>9s} {'top-10':>7s}")
+    for r in rows:
+        print(f"{r['engine']:24s} {r['stsb_test_spearman_x100']:9.2f} {r['max_abs_diff_vs_fp32']:12.2e} "
+              f"{r['spearman_vs_fp32']:9.5f} {r['top10_agreement']:7.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
+    if args.accuracy:
+        return _cmd_bench_accuracy(args)
     from crossonnx.bench.report import throughput_markdown
     from crossonnx.bench.throughput import BenchConfig, BenchModel, environment, make_peer_dir, run_matrix
 
@@ -146,6 +173,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         out.with_suffix(".md").write_text(throughput_markdown(doc, "crossonnx bench", "crossonnx bench"))
         print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    from crossonnx.encoder import CrossEncoder
+
+    encoder = CrossEncoder(
+        args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads,
+        max_length=args.max_length, max_batch=args.max_batch, device_id=args.device_id,
+    )
+    seconds = encoder.warmup()
+    print(json.dumps({**encoder.info(), "warmup_seconds": round(seconds, 3)}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_providers(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from crossonnx.providers import gpu_name, tensorrt_loadable, tensorrt_version
+    from crossonnx.session import available_providers, resolve_provider
+
+    choice = resolve_provider("auto")
+    report = {
+        "onnxruntime": ort.__version__,
+        "available": available_providers(),
+        "auto": choice.provider,
+        "reason": choice.reason,
+        "tensorrt_libraries": tensorrt_loadable(),
+        "tensorrt_version": tensorrt_version(),
+        "gpu": gpu_name() if choice.provider != "cpu" else None,
+    }
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -178,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a validation threshold, e.g. int8:max_abs=0.05,spearman=0.99 (repeatable)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (after validation)")
+    p.add_argument(
+        "--tensorrt", action="store_true", help="also keep the unfused fp32 graph TensorRT builds its engines from"
+    )
     p.set_defaults(run=_cmd_export)
 
     p = sub.add_parser(
@@ -217,11 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--peers-python", help="Python of an environment with sentence-transformers 5 + optimum")
     p.add_argument("--out", help="write JSON here (and markdown beside it)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="STSb test Spearman and agreement per precision instead of speed (no torch without "
+                        "--checkpoint: agreement is then against the folder's fp32)")
+    p.add_argument("--queries", type=int, default=100, help="--accuracy: rank lists of 100 candidates")
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("warmup", help="load a model and run its shape range once (builds the TensorRT engine)")
+    _runtime_args(p)
+    p.add_argument("--max-length", type=int, default=None, help="longest pair in tokens (default: the model's)")
+    p.add_argument("--max-batch", type=int, default=64, help="most pairs per model call (TensorRT profile)")
+    p.add_argument("--device-id", type=int, default=0)
+    p.set_defaults(run=_cmd_warmup)
+
+    p = sub.add_parser("providers", help="the execution providers here and what provider='auto' picks")
+    p.set_defaults(run=_cmd_providers)
 
     p = sub.add_parser("info", help="print a model folder's manifest")
     p.add_argument("model_dir")
     p.set_defaults(run=_cmd_info)
+
+    register_serve(sub)
+    register_score_file(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,18 @@ from typing import Any
 import numpy as np
 
 from crossonnx.batching import plan_batches
-from crossonnx.errors import InvalidInputError
-from crossonnx.manifest import check_file, load_manifest
+from crossonnx.errors import InvalidInputError, PrecisionNotExportedError
+from crossonnx.manifest import Manifest, check_file, load_manifest
+from crossonnx.paths import cache_root
+from crossonnx.providers import (
+    DEFAULT_MAX_BATCH,
+    OPT_BATCH,
+    OPT_LENGTH,
+    UNFUSED_GRAPH,
+    Profile,
+    cuda_options,
+    tensorrt_options,
+)
 from crossonnx.scoring import ACTIVATION_FNS, resolve_activation, softmax
 from crossonnx.session import create_session, default_threads, resolve_provider
 from crossonnx.tokenization import PairTokenizer
@@ -82,6 +93,45 @@ class _Progress:
         sys.stderr.flush()
 
 
+def provider_plan(
+    manifest: Manifest,
+    model_dir: Path,
+    precision: str,
+    provider: str,
+    max_batch: int,
+    max_length: int,
+    device_id: int = 0,
+) -> tuple[str, dict[str, Any] | None]:
+    """The graph (precision entry) a provider runs for ``precision``, and the provider's options.
+
+    CPU and CUDA run the precision's own graph; TensorRT builds fp32 or fp16 engines from the unfused graph.
+    """
+    if provider == "cuda":
+        return precision, cuda_options(device_id)
+    if provider != "tensorrt":
+        return precision, None
+    if precision not in ("fp32", "fp16"):
+        raise PrecisionNotExportedError(
+            f"precision {precision!r} is not supported on TensorRT (its int8 needs static QDQ calibration); "
+            "use precision='fp16' (TensorRT builds fp16 from the unfused graph) or provider='cuda'"
+        )
+    if UNFUSED_GRAPH not in manifest.precisions:
+        raise PrecisionNotExportedError(
+            f"TensorRT builds its engine from the unfused graph, which this folder lacks (exported: "
+            f"{', '.join(sorted(manifest.precisions))}). Re-export with: crossonnx export <model> "
+            f"--out {model_dir} --tensorrt --overwrite"
+        )
+    options = tensorrt_options(
+        model_sha256=manifest.entry(UNFUSED_GRAPH).sha256,
+        input_names=list(manifest.inputs),
+        profile=Profile(max_batch=max_batch, max_length=max_length),
+        cache_root=cache_root(),
+        fp16=precision == "fp16",
+        device_id=device_id,
+    )
+    return UNFUSED_GRAPH, options
+
+
 class CrossEncoder:
     """Scores text pairs with an exported crossonnx model folder, without PyTorch.
 
@@ -97,12 +147,12 @@ class CrossEncoder:
         max_length: int | None = None,
         threads: int | None = None,
         token_budget: int | None = DEFAULT_TOKEN_BUDGET,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        device_id: int = 0,
     ):
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
         self.precision = precision
-        entry = self.manifest.entry(precision)
-        model_path = check_file(self.model_dir, entry)
 
         usable = int(self.manifest.architecture.get("max_tokens", self.manifest.max_length))
         if max_length is None:
@@ -113,12 +163,22 @@ class CrossEncoder:
         if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
             raise ValueError(f"token_budget must be a positive int, got {token_budget!r}")
         self.token_budget = token_budget
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        self.max_batch = max_batch
+        self.device_id = device_id
 
-        self.provider = resolve_provider(provider)
+        choice = resolve_provider(provider)
+        self.provider, self.provider_reason = choice.provider, choice.reason
         if provider == "auto":
-            logger.info("crossonnx: provider 'auto' picked %s", self.provider)
+            logger.info("crossonnx: provider 'auto' picked %s (%s)", self.provider, self.provider_reason)
         self.threads = threads if threads is not None else default_threads()
-        self.session, self.session_config = create_session(model_path, self.provider, self.threads)
+        self.graph, provider_options = provider_plan(
+            self.manifest, self.model_dir, precision, self.provider, self.max_batch, self.max_length, device_id
+        )
+        model_path = check_file(self.model_dir, self.manifest.entry(self.graph))
+        self.session, self.session_config = create_session(model_path, self.provider, self.threads, provider_options)
+        self.provider_options = provider_options or {}
 
         declared = [node.name for node in self.session.get_inputs()]
         self._output = self.session.get_outputs()[0].name
@@ -129,31 +189,78 @@ class CrossEncoder:
         self.activation_fn = ACTIVATION_FNS[self.manifest.activation]
 
     def info(self) -> dict[str, Any]:
-        """What this encoder runs: model, precision, provider, threads and limits."""
+        """What this encoder runs: model, precision, provider (and why), threads, limits and provider options."""
         return {
             "model_dir": str(self.model_dir),
             "source": self.manifest.source,
             "precision": self.precision,
+            "graph": self.manifest.entry(self.graph).file,
             "provider": self.provider,
+            "provider_reason": self.provider_reason,
+            "provider_options": {k: v for k, v in self.provider_options.items()},
             "threads": self.threads,
             "max_length": self.max_length,
+            "max_batch": self.max_batch,
             "token_budget": self.token_budget,
             "num_labels": self.num_labels,
             "activation": self.manifest.activation,
             "inputs": list(self.tokenizer.input_names),
         }
 
-    def logits(self, pairs: Sequence[Pair], batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
-        """Raw model outputs, shape (n, num_labels) float32, in input order (pairs must be validated)."""
+    def warmup(self) -> float:
+        """Run the smallest, typical and largest shapes once (on TensorRT this builds or loads the engine).
+
+        Returns the seconds it took. Call it before traffic: the first TensorRT run builds the engine (minutes),
+        later processes load it from the cache.
+        """
+        started = time.perf_counter()
+        opt_batch, opt_length = min(OPT_BATCH, self.max_batch), min(OPT_LENGTH, self.max_length)
+        for rows, length in ((1, 8), (opt_batch, opt_length), (self.max_batch, self.max_length)):
+            feed = {
+                name: np.ones((rows, length), dtype=np.int64) if name == "attention_mask"
+                else np.zeros((rows, length), dtype=np.int64)
+                for name in self.tokenizer.input_names
+            }
+            self._run(feed)
+        return time.perf_counter() - started
+
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """One model call. On a GPU the inputs are bound once to device memory (IO binding)."""
+        if self.provider == "cpu":
+            return self.session.run([self._output], feed)[0]
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(self._output, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def logits(
+        self,
+        pairs: Sequence[Pair],
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        stats: dict[str, int] | None = None,
+    ) -> np.ndarray:
+        """Raw model outputs, shape (n, num_labels) float32, in input order (pairs must be validated).
+
+        ``stats``, when given, is filled with ``tokens`` (after truncation), ``padded_tokens`` and ``model_calls``.
+        """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
         progress = _Progress(len(pairs), bool(show_progress_bar))
         for start in range(0, len(pairs), CHUNK_PAIRS):
             encoded = self.tokenizer.encode(pairs[start : start + CHUNK_PAIRS])
-            for rows in plan_batches(encoded.lengths, batch_size, self.token_budget):
+            rows_cap = batch_size if self.provider == "cpu" else min(batch_size, self.max_batch)
+            for rows in plan_batches(encoded.lengths, rows_cap, self.token_budget):
                 feed = self.tokenizer.batch(encoded, rows)
-                out[start + rows] = self.session.run([self._output], feed)[0]
+                out[start + rows] = self._run(feed)
+                if stats is not None:
+                    stats["padded_tokens"] = stats.get("padded_tokens", 0) + feed["attention_mask"].size
+                    stats["model_calls"] = stats.get("model_calls", 0) + 1
+            if stats is not None:
+                stats["tokens"] = stats.get("tokens", 0) + int(encoded.lengths.sum())
                 progress.advance(len(rows))
         return out
 

@@ -11,6 +11,7 @@ from typing import Any
 import onnxruntime as ort
 
 from crossonnx.errors import ModelFolderError, ProviderUnavailableError
+from crossonnx.providers import cuda_options, tensorrt_loadable
 
 logger = logging.getLogger("crossonnx")
 
@@ -22,33 +23,64 @@ PROVIDERS = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
+GPU_INSTALL_HINT = (
+    "Install the GPU build with: pip uninstall -y onnxruntime && pip install crossonnx-gpu "
+    "(see README, GPU), or use provider='cpu'."
+)
+TENSORRT_INSTALL_HINT = (
+    "ONNX Runtime offers the TensorRT provider but the TensorRT libraries (libnvinfer) cannot be loaded: "
+    "pip install tensorrt (matching your CUDA major version), or use provider='cuda'."
+)
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The provider a session will use and why it was chosen (what ``auto`` reports)."""
+
+    provider: str
+    reason: str
+
+
 def available_providers() -> list[str]:
     """Short names of the providers this onnxruntime build offers, in crossonnx's preference order."""
     offered = set(ort.get_available_providers())
     return [name for name in AUTO_ORDER if PROVIDERS[name] in offered]
 
 
-def resolve_provider(provider: str) -> str:
-    """'auto' or a short/long provider name -> an available short name, or a clear error."""
+def resolve_provider(
+    provider: str, available: list[str] | None = None, tensorrt_ready: bool | None = None
+) -> ProviderChoice:
+    """'auto' or a short/long provider name -> an available provider and the reason, or a clear error.
+
+    ``auto`` prefers TensorRT > CUDA > CPU, and takes TensorRT only when its libraries load. ``available`` and
+    ``tensorrt_ready`` default to what this machine has; tests pass them to cover other machines.
+    """
     if not isinstance(provider, str):
         raise TypeError(f"provider must be a string, got {type(provider).__name__}")
-    available = available_providers()
+    available = available_providers() if available is None else list(available)
+    if tensorrt_ready is None:
+        tensorrt_ready = "tensorrt" in available and tensorrt_loadable()
     wanted = provider.strip().lower()
     if wanted == "auto":
-        return available[0]
+        if "tensorrt" in available and tensorrt_ready:
+            return ProviderChoice("tensorrt", "auto: TensorRT provider and libraries present")
+        if "cuda" in available:
+            skipped = " (TensorRT provider offered but libnvinfer not loadable)" if "tensorrt" in available else ""
+            return ProviderChoice("cuda", f"auto: CUDA provider present{skipped}")
+        return ProviderChoice("cpu", "auto: no GPU provider in this onnxruntime build (onnxruntime CPU wheel)")
     by_long_name = {long.lower(): short for short, long in PROVIDERS.items()}
     short = by_long_name.get(wanted, wanted)
     if short not in PROVIDERS:
-        raise ProviderUnavailableError(
-            f"unknown provider {provider!r}; use 'auto' or one of: {', '.join(PROVIDERS)}"
-        )
+        raise ProviderUnavailableError(f"unknown provider {provider!r}; use 'auto' or one of: {', '.join(PROVIDERS)}")
     if short not in available:
-        hint = "" if short == "cpu" else " Install the GPU build: pip install crossonnx-gpu (see README, GPU)."
+        hint = "" if short == "cpu" else " " + GPU_INSTALL_HINT
         raise ProviderUnavailableError(
             f"provider {short!r} is not available in this onnxruntime build "
             f"(available: {', '.join(available)}).{hint}"
         )
-    return short
+    if short == "tensorrt" and not tensorrt_ready:
+        raise ProviderUnavailableError(TENSORRT_INSTALL_HINT)
+    return ProviderChoice(short, "requested")
 
 
 def default_threads() -> int:
@@ -92,10 +124,11 @@ def create_session(
     """An InferenceSession on ``provider`` (already resolved); errors if the provider silently fell back."""
     chain: list[tuple[str, dict[str, Any]]] = []
     if provider == "tensorrt":
-        chain.append((PROVIDERS["tensorrt"], dict(provider_options or {})))
-        chain.append((PROVIDERS["cuda"], {}))
+        trt = dict(provider_options or {})
+        chain.append((PROVIDERS["tensorrt"], trt))
+        chain.append((PROVIDERS["cuda"], cuda_options(int(trt.get("device_id", 0)))))
     elif provider == "cuda":
-        chain.append((PROVIDERS["cuda"], dict(provider_options or {})))
+        chain.append((PROVIDERS["cuda"], dict(provider_options if provider_options is not None else cuda_options())))
     chain.append((PROVIDERS["cpu"], {}))
     try:
         session = ort.InferenceSession(

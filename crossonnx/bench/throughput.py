@@ -69,7 +69,8 @@ def make_peer_dir(model: BenchModel, out: Path) -> Path:
     tok_config_path = out / "tokenizer_config.json"
     tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
     pad = manifest["tokenizer"]["pad_token"]
-    tok_config.update(model_max_length=manifest["max_length"], pad_token=pad)
+    # fastembed truncates at tokenizer_config's "max_length" when present (128 in some checkpoints)
+    tok_config.update(model_max_length=manifest["max_length"], max_length=manifest["max_length"], pad_token=pad)
     tok_config_path.write_text(json.dumps(tok_config))
     if not (out / "special_tokens_map.json").is_file():
         (out / "special_tokens_map.json").write_text(json.dumps({"pad_token": pad}))

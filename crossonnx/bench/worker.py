@@ -134,6 +134,7 @@ ENGINES: dict[str, Callable[[argparse.Namespace], Scorer]] = {
     "crossonnx-fp32": lambda a: crossonnx_runtime(a, "fp32"),
     "crossonnx-fp16": lambda a: crossonnx_runtime(a, "fp16"),
     "crossonnx-int8": lambda a: crossonnx_runtime(a, "int8"),
+    "crossonnx-int8-plain": lambda a: crossonnx_runtime(a, "int8-plain"),  # accuracy report's baseline
 }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crossonnx.errors import ExportError
+from crossonnx.paths import cache_root
 from crossonnx.stsb import load_stsb
 
 BUILD_INFO = "crossonnx-build.json"
@@ -42,14 +43,6 @@ class Recipe:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    """CROSSONNX_CACHE, else $XDG_CACHE_HOME/crossonnx, else ~/.cache/crossonnx."""
-    if os.environ.get("CROSSONNX_CACHE"):
-        return Path(os.environ["CROSSONNX_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "crossonnx"
 
 
 def base_weights() -> Path:

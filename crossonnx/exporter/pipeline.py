@@ -23,11 +23,17 @@ from crossonnx.exporter.source import resolve_source
 from crossonnx.exporter.validate import default_gates, parse_gate_overrides, validate_precision
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
 from crossonnx.manifest import Manifest, PrecisionEntry, TokenizerSpec, sha256_file
+from crossonnx.providers import UNFUSED_GRAPH
 from crossonnx.tokenization import PairTokenizer
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 17
-FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+FILES = {
+    "fp32": "model_fp32.onnx",
+    "fp16": "model_fp16.onnx",
+    "int8": "model_int8.onnx",
+    UNFUSED_GRAPH: "model_fp32_unfused.onnx",
+}
 VERSIONED = (
     "crossonnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers", "numpy"
 )
@@ -111,14 +117,16 @@ def export_model(
     trust_remote_code: bool = False,
     gate_overrides: Sequence[str] = (),
     overwrite: bool = False,
+    tensorrt: bool = False,
     log: Callable[[str], None] | None = _stderr,
 ) -> Path:
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
     Nothing is written at ``out`` unless every requested precision passes its gate. ``gate_overrides`` take
-    the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``.
+    the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before
+    ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines from.
     """
-    wanted = _normalize_precisions(precisions)
+    wanted = _normalize_precisions(precisions) + ([UNFUSED_GRAPH] if tensorrt else [])
     if max_length is not None and (not isinstance(max_length, int) or max_length < 3):
         raise ExportError(f"--max-length must be an integer >= 3, got {max_length!r}")
     if not 14 <= int(opset) <= 21:
@@ -178,7 +186,11 @@ def export_model(
             feeds = calibration_feeds(tmp / "tokenizer.json", tokenizer_spec, reference.max_length, names)
             details["int8"] = quantize_int8(plain, tmp / FILES["int8"], feeds=feeds, log=steps.note)
             details["int8"]["cls_only_last_layer"] = pruned
-        plain.unlink()
+        if tensorrt:
+            plain.rename(tmp / FILES[UNFUSED_GRAPH])
+            details[UNFUSED_GRAPH] = {"graph": "unfused (for TensorRT)", "cls_only_last_layer": pruned}
+        else:
+            plain.unlink()
         if "fp32" not in wanted:
             (tmp / FILES["fp32"]).unlink()
 

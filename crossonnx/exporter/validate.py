@@ -13,6 +13,7 @@ from crossonnx.encoder import CrossEncoder
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.reference import Reference
 from crossonnx.metrics import compare
+from crossonnx.providers import UNFUSED_GRAPH
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def default_gates(activation: str) -> dict[str, Gate]:
     bounded = activation != "identity"
     return {
         "fp32": Gate(max_abs_diff=1e-5),
+        UNFUSED_GRAPH: Gate(max_abs_diff=1e-5),
         "fp16": Gate(max_abs_diff=5e-3 if bounded else 5e-2, min_spearman=0.999),
         "int8": Gate(max_abs_diff=0.1 if bounded else 1.0, min_spearman=0.98),
     }

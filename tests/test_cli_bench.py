@@ -1,0 +1,31 @@
+"""`crossonnx bench`: the accuracy table (torch-free without a checkpoint) and the speed run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crossonnx.cli import main
+
+
+def test_bench_accuracy_without_torch_compares_against_fp32(tiny_exports: dict[str, Path], tmp_path: Path,
+                                                           capsys) -> None:
+    out = tmp_path / "acc.json"
+    assert main(["bench", str(tiny_exports["bert"]), "--accuracy", "--queries", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agreement against crossonnx-fp32" in printed
+    rows = {r["engine"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8"}
+    assert rows["crossonnx-fp32"]["max_abs_diff_vs_fp32"] == 0.0
+    assert rows["crossonnx-fp32"]["top10_agreement"] == 1.0
+    assert 0 < rows["crossonnx-int8"]["max_abs_diff_vs_fp32"] < 0.05
+
+
+def test_bench_speed_writes_json_and_markdown(tiny_exports: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    assert main(["bench", str(tiny_exports["bert"]), "--pairs", "32", "--reps", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    engines = {r["engine"] for r in doc["throughput"]["results"]}
+    assert engines == {"crossonnx-fp32", "crossonnx-int8"}
+    assert all(r["pairs_per_s"] > 0 for r in doc["throughput"]["results"])
+    assert out.with_suffix(".md").read_text().startswith("#")
