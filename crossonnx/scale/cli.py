@@ -1,0 +1,76 @@
+"""Command-line registration for `crossonnx score-file` (argparse only; readers are imported when run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Score every (query, passage) row of a Parquet, JSON-lines or CSV file and write it back with a score column.
+The file is streamed CHUNK_ROWS rows at a time, so memory does not grow with its length; the output keeps the
+input's format, columns and row order, and is written to a temporary file renamed into place only on success.
+"""
+
+
+def _cmd_score_file(args: argparse.Namespace) -> int:
+    from crossonnx.encoder import CrossEncoder
+    from crossonnx.scale.files import Columns, score_file
+
+    encoder = CrossEncoder(args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads)
+    result = score_file(
+        encoder,
+        args.input,
+        args.out,
+        fmt=args.format,
+        columns=Columns(args.query_column, args.passage_column, args.score_column),
+        batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
+        raw_scores=args.raw_scores,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    print(
+        f"scored {result.rows:,} rows in {result.seconds:.1f} s ({result.pairs_per_second:,.0f} pairs/s, "
+        f"{encoder.precision}, {encoder.threads} threads) -> {result.out}",
+        file=sys.stderr,
+    )
+    print(result.out)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `score-file` subcommand to the crossonnx parser."""
+    from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS
+
+    p = sub.add_parser(
+        "score-file",
+        help="score the (query, passage) rows of a Parquet, JSONL or CSV file, streaming",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model_dir", help="an exported model folder")
+    p.add_argument("input", help="a .parquet, .jsonl or .csv file (CSV: with a header row)")
+    p.add_argument("-o", "--out", help="output file, same format as the input (default: INPUT.scored.EXT beside it)")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="input format (default: extension)")
+    p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
+    p.add_argument("--provider", default="auto", help="auto, cpu, cuda or tensorrt (default auto)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all CPUs)")
+    p.add_argument("--query-column", default="query", help="the column holding the first text (default query)")
+    p.add_argument("--passage-column", default="passage", help="the column holding the second text (default passage)")
+    p.add_argument("--score-column", default="score", help="the column to add (default score)")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per model call (default 32)")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"rows read, scored and written at a time; bounds memory (default {DEFAULT_CHUNK_ROWS})",
+    )
+    p.add_argument("--raw-scores", action="store_true", help="write logits, without the model's activation")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (after every row is scored)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    p.set_defaults(run=_cmd_score_file)

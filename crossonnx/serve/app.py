@@ -1,0 +1,317 @@
+"""The Starlette app: TEI ``/rerank``, Cohere ``/v1/rerank``, ``/predict``, ``/health``, ``/info``, ``/metrics``.
+
+Scoring requests are validated here, queued on the ``DynamicBatcher`` (one inference thread; the event loop only
+parses, queues and answers) and answered with the model's activation applied exactly as ``CrossEncoder.predict``
+applies it, or raw logits with ``raw_scores``. Draining (``ServeState.begin_drain``): new scoring requests get 503
+at once, the ones in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import crossonnx
+from crossonnx.encoder import CrossEncoder
+from crossonnx.serve.batcher import Draining, DynamicBatcher, QueueFull, RequestTooLarge, Runner
+from crossonnx.serve.limits import ServeLimits
+from crossonnx.serve.metrics import MetricsMiddleware, ServeMetrics
+from crossonnx.serve.schema import (
+    ApiError,
+    CohereRerankRequest,
+    RerankRequest,
+    ScoreRequest,
+    invalid,
+    parse_cohere_rerank,
+    parse_json,
+    parse_predict,
+    parse_rerank,
+    too_large,
+)
+from crossonnx.serve.tokens import TokenCounter
+
+logger = logging.getLogger("crossonnx.serve")
+
+Pair = tuple[str, str]
+SCORING_ENDPOINTS = ("/rerank", "/v1/rerank", "/predict")
+ENDPOINTS = (*SCORING_ENDPOINTS, "/health", "/info", "/metrics")
+_HTTP_ERROR_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
+LARGE_BODY_BYTES = 1 << 20
+
+
+def default_runner(
+    encoder: CrossEncoder, limits: ServeLimits, on_tokens: Callable[[int], None] | None = None
+) -> Runner:
+    """One merged request batch -> ``encoder.logits``: it sorts the pairs by length and cuts model batches by the
+    token budget (rows are capped by the merged batch itself; 32 rows when there is no token budget).
+    ``on_tokens`` receives each merged batch's token count (after truncation), for metrics."""
+    rows = limits.max_batch_pairs if encoder.token_budget else 32
+
+    def run(pairs: list[Pair]) -> np.ndarray:
+        stats: dict[str, int] = {}
+        out = encoder.logits(pairs, batch_size=rows, stats=stats)
+        if on_tokens is not None:
+            on_tokens(stats["tokens"])
+        return out
+
+    return run
+
+
+class ServeState:
+    """One model behind one app: encoder, limits, batcher, metrics, and the drain state."""
+
+    def __init__(self, encoder: CrossEncoder, limits: ServeLimits, runner: Runner | None = None):
+        self.encoder = encoder
+        self.limits = limits
+        self.metrics = ServeMetrics()
+        self.runner = runner or default_runner(encoder, limits, self.metrics.batch_tokens.observe)
+        self.batcher = DynamicBatcher(
+            self._run_batch, limits.max_batch_pairs, limits.max_queue_pairs, on_batch=self.metrics.on_batch
+        )
+        self.metrics.watch(self.batcher)
+        self.token_counter = TokenCounter(encoder)
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _run_batch(self, pairs: list[Pair]) -> np.ndarray:
+        """The worker thread's call."""
+        return self.runner(pairs)
+
+    # -- drain -----------------------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Refuse new scoring requests with 503 from now on (safe to call from any thread)."""
+        self.draining = True
+        self.metrics.draining.set(1)
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no scoring request is in flight; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def enter(self) -> None:
+        """Count a scoring request in, or refuse it with 503 while draining."""
+        if self.draining:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, "the server is shutting down; retry on another replica", "Unhealthy")
+        self.inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.inc()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.dec()
+        if self.inflight == 0:
+            self._idle.set()
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    async def score(self, request: ScoreRequest) -> np.ndarray:
+        """Scores of ``request.pairs`` as ``CrossEncoder.predict`` returns them (or raw logits)."""
+        if not request.truncate:
+            loop = asyncio.get_running_loop()
+            over = await loop.run_in_executor(None, self.token_counter.over_limit, request.pairs)
+            if over:
+                index, tokens = over[0]
+                where = f"{request.item_field}[{index}]"
+                raise too_large(
+                    f"{where} is {tokens} tokens with its pair's other text; the model takes at most "
+                    f"{self.encoder.max_length} (send \"truncate\": true to truncate it)",
+                    where,
+                )
+        try:
+            logits = await self.batcher.submit(request.pairs)
+        except QueueFull as exc:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(429, str(exc), "Overloaded") from None
+        except RequestTooLarge as exc:
+            self.metrics.rejected.labels("too_large").inc()
+            raise too_large(str(exc), request.item_field) from None
+        except Draining as exc:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, str(exc), "Unhealthy") from None
+        self.metrics.request_pairs.observe(len(request.pairs))
+        scores = logits if request.raw_scores else self.encoder.activation_fn(logits)
+        if self.encoder.num_labels == 1 and scores.ndim > 1:
+            scores = scores.squeeze(-1)
+        return np.asarray(scores, dtype=np.float32)
+
+    def require_one_label(self) -> None:
+        if self.encoder.num_labels != 1:
+            raise invalid(
+                f"this model has {self.encoder.num_labels} labels; reranking needs a one-label model: use /predict",
+                None,
+            )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.encoder.model_dir.name,
+            **self.encoder.info(),
+            "limits": self.limits.to_dict(),
+            "version": crossonnx.__version__,
+        }
+
+
+# -- request plumbing -----------------------------------------------------------------------------------------
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (before reading it when Content-Length says so)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"the request body is {declared} bytes; this server takes at most {limit}", None)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"the request body is over {limit} bytes, the most this server takes", None)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+Handler = Callable[[ServeState, dict[str, Any]], Awaitable[Any]]
+
+
+def scoring_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Drain check, in-flight count, body and JSON parsing, and errors as JSON for one scoring endpoint."""
+
+    async def endpoint(request: Request) -> Response:
+        state: ServeState = request.app.state.serve
+        try:
+            state.enter()
+        except ApiError as error:
+            return error_response(error)
+        try:
+            if state.batcher.queued_pairs >= state.limits.max_queue_pairs:  # no room for even one pair: skip the body
+                state.metrics.rejected.labels("queue_full").inc()
+                raise ApiError(429, "the queue is full; retry later", "Overloaded")
+            body = await read_body(request, state.limits.max_body_bytes)
+            # parsing a large body takes milliseconds: off the event loop
+            data = parse_json(body) if len(body) < LARGE_BODY_BYTES else await asyncio.to_thread(parse_json, body)
+            return JSONResponse(await handler(state, data))
+        except ApiError as error:
+            return error_response(error)
+        except Exception:
+            logger.exception("%s failed", request.url.path)
+            return error_response(ApiError(500, "scoring failed; see the server log", "Backend"))
+        finally:
+            state.leave()
+
+    return endpoint
+
+
+# -- endpoints ------------------------------------------------------------------------------------------------
+async def rerank(state: ServeState, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """TEI: a list of ``{index, score, text?}`` sorted by score, highest first."""
+    state.require_one_label()
+    request: RerankRequest = parse_rerank(data, state.limits)
+    scores = await state.score(request)
+    values = scores.tolist()
+    out = []
+    for index in np.argsort(-scores, kind="stable").tolist():
+        item: dict[str, Any] = {"index": index, "score": values[index]}
+        if request.return_text:
+            item["text"] = request.texts[index]
+        out.append(item)
+    return out
+
+
+async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
+    """Cohere: ``{"id", "results": [{index, relevance_score, document?: {text}}], "meta"}``."""
+    state.require_one_label()
+    request: CohereRerankRequest = parse_cohere_rerank(data, state.limits)
+    scores = await state.score(request)
+    values = scores.tolist()
+    results = []
+    for index in np.argsort(-scores, kind="stable").tolist()[: request.top_n]:
+        item: dict[str, Any] = {"index": index, "relevance_score": values[index]}
+        if request.return_documents:
+            item["document"] = {"text": request.documents[index]}
+        results.append(item)
+    search_units = math.ceil(len(request.documents) / 100)
+    return {
+        "id": str(uuid.uuid4()),
+        "results": results,
+        "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units}},
+    }
+
+
+async def predict(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
+    """Raw pairs: ``{"scores": [...]}`` in input order (a list per pair for multi-label models)."""
+    request = parse_predict(data, state.limits)
+    scores = await state.score(request)
+    return {"scores": scores.tolist()}
+
+
+async def health(request: Request) -> Response:
+    state: ServeState = request.app.state.serve
+    if state.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def info(request: Request) -> Response:
+    return JSONResponse(request.app.state.serve.info())
+
+
+async def metrics(request: Request) -> Response:
+    state: ServeState = request.app.state.serve
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404, 405 and other routing errors in the same JSON shape as every other error."""
+    assert isinstance(exc, HTTPException)
+    error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "Http")
+    return JSONResponse({"error": exc.detail, "error_type": error_type, "field": None},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(encoder: CrossEncoder, limits: ServeLimits | None = None, runner: Runner | None = None) -> Starlette:
+    """The ASGI app serving ``encoder``. ``runner`` replaces what scores a merged batch (default
+    ``encoder.logits``); the app's state is ``app.state.serve`` (a ``ServeState``)."""
+    state = ServeState(encoder, limits or ServeLimits(), runner)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.batcher.start()
+        logger.info("serving %s (%s, %s)", encoder.model_dir, encoder.precision, encoder.provider)
+        yield
+        state.begin_drain()
+        await state.wait_idle(state.limits.drain_timeout)
+        await asyncio.to_thread(state.batcher.close, state.limits.drain_timeout)
+
+    routes = [
+        Route("/rerank", scoring_endpoint(rerank), methods=["POST"]),
+        Route("/v1/rerank", scoring_endpoint(cohere_rerank), methods=["POST"]),
+        Route("/predict", scoring_endpoint(predict), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware, metrics=state.metrics, endpoints=ENDPOINTS)],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    return app

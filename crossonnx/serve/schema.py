@@ -1,0 +1,207 @@
+"""Request bodies of the three scoring endpoints: JSON -> typed requests, or an ``ApiError`` naming the field.
+
+Statuses: 400 for a body that is not JSON, 413 for too many or too long texts (and too large bodies), 422 for a
+wrong type, a missing field, an empty list or an invalid value. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from crossonnx.serve.limits import ServeLimits
+
+Pair = tuple[str, str]
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message, "error_type": ..., "field": ...}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, error_type: str, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "error_type": self.error_type, "field": self.field}
+
+
+def malformed(message: str) -> ApiError:
+    return ApiError(400, message, "Malformed")
+
+
+def invalid(message: str, field: str | None) -> ApiError:
+    return ApiError(422, message, "Validation", field)
+
+
+def too_large(message: str, field: str | None) -> ApiError:
+    return ApiError(413, message, "TooLarge", field)
+
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def json_type(value: object) -> str:
+    """How a value looks in JSON terms, for messages."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object (400 when it is not JSON, 422 when it is not an object)."""
+    if not body.strip():
+        raise malformed("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(body)
+    except UnicodeDecodeError:
+        raise malformed("the request body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise malformed(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid(f"the request body must be a JSON object, got {json_type(data)}", None)
+    return data
+
+
+class _Fields:
+    """Typed access to one JSON object's fields, raising ApiError with the field's name."""
+
+    def __init__(self, data: dict[str, Any], limits: ServeLimits):
+        self.data = data
+        self.limits = limits
+
+    def text(self, value: object, where: str) -> str:
+        if not isinstance(value, str):
+            raise invalid(f"{where} must be a string, got {json_type(value)}", where)
+        if len(value) > self.limits.max_text_chars:
+            raise too_large(
+                f"{where} has {len(value)} characters; this server takes at most {self.limits.max_text_chars}",
+                where,
+            )
+        return value
+
+    def required_text(self, key: str) -> str:
+        if key not in self.data:
+            raise invalid(f"missing field {key!r}", key)
+        return self.text(self.data[key], key)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise invalid(f"{key} must be true or false, got {json_type(value)}", key)
+        return value
+
+    def items(self, key: str, what: str) -> list[Any]:
+        """A required non-empty array of at most ``max_texts_per_request`` items."""
+        if key not in self.data or self.data[key] is None:
+            raise invalid(f"missing field {key!r}: an array of {what}", key)
+        value = self.data[key]
+        if not isinstance(value, list):
+            raise invalid(f"{key} must be an array of {what}, got {json_type(value)}", key)
+        if not value:
+            raise invalid(f"{key} is empty; send at least one", key)
+        if len(value) > self.limits.max_texts_per_request:
+            raise too_large(
+                f"{key} has {len(value)} items; this server takes at most {self.limits.max_texts_per_request} "
+                "per request",
+                key,
+            )
+        return value
+
+
+@dataclass
+class ScoreRequest:
+    """What every scoring endpoint boils down to: pairs, whether to apply the activation, whether to truncate."""
+
+    pairs: list[Pair]
+    raw_scores: bool
+    truncate: bool
+    item_field: str  # "texts", "documents" or "pairs": names pair i in errors as f"{item_field}[{i}]"
+
+
+@dataclass
+class RerankRequest(ScoreRequest):
+    """TEI ``POST /rerank``."""
+
+    texts: list[str]
+    return_text: bool
+
+
+@dataclass
+class CohereRerankRequest(ScoreRequest):
+    """Cohere ``POST /v1/rerank``."""
+
+    documents: list[str]
+    top_n: int | None
+    return_documents: bool
+
+
+def parse_rerank(data: dict[str, Any], limits: ServeLimits) -> RerankRequest:
+    """TEI: ``{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?}``."""
+    fields = _Fields(data, limits)
+    query = fields.required_text("query")
+    items = fields.items("texts", "strings")
+    texts = [fields.text(text, f"texts[{i}]") for i, text in enumerate(items)]
+    return RerankRequest(
+        pairs=[(query, text) for text in texts],
+        raw_scores=fields.flag("raw_scores", False),
+        truncate=fields.flag("truncate", True),
+        item_field="texts",
+        texts=texts,
+        return_text=fields.flag("return_text", False),
+    )
+
+
+def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRerankRequest:
+    """Cohere: ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?, "model"?}``."""
+    fields = _Fields(data, limits)
+    query = fields.required_text("query")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise invalid(f"model must be a string, got {json_type(model)}", "model")
+    documents: list[str] = []
+    for i, doc in enumerate(fields.items("documents", "strings or {\"text\": string} objects")):
+        if isinstance(doc, dict):
+            if "text" not in doc:
+                raise invalid(f"documents[{i}] has no 'text' field", f"documents[{i}].text")
+            documents.append(fields.text(doc["text"], f"documents[{i}].text"))
+        elif isinstance(doc, str):
+            documents.append(fields.text(doc, f"documents[{i}]"))
+        else:
+            raise invalid(
+                f"documents[{i}] must be a string or an object with a 'text' string, got {json_type(doc)}",
+                f"documents[{i}]",
+            )
+    top_n = data.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise invalid(f"top_n must be a positive integer, got {json.dumps(top_n)}", "top_n")
+    return CohereRerankRequest(
+        pairs=[(query, doc) for doc in documents],
+        raw_scores=fields.flag("raw_scores", False),
+        truncate=fields.flag("truncate", True),
+        item_field="documents",
+        documents=documents,
+        top_n=top_n,
+        return_documents=fields.flag("return_documents", False),
+    )
+
+
+def parse_predict(data: dict[str, Any], limits: ServeLimits) -> ScoreRequest:
+    """Raw pairs: ``{"pairs": [[text_a, text_b], ...], "raw_scores"?, "truncate"?}``."""
+    fields = _Fields(data, limits)
+    pairs: list[Pair] = []
+    for i, item in enumerate(fields.items("pairs", "[text_a, text_b] pairs")):
+        if not isinstance(item, list) or len(item) != 2:
+            got = f"{len(item)} items" if isinstance(item, list) else json_type(item)
+            raise invalid(f"pairs[{i}] must be an array of two strings, got {got}", f"pairs[{i}]")
+        pairs.append((fields.text(item[0], f"pairs[{i}][0]"), fields.text(item[1], f"pairs[{i}][1]")))
+    return ScoreRequest(
+        pairs=pairs,
+        raw_scores=fields.flag("raw_scores", False),
+        truncate=fields.flag("truncate", True),
+        item_field="pairs",
+    )

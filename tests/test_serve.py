@@ -1,0 +1,424 @@
+"""`crossonnx serve` end to end: a real uvicorn server on a loopback port, exercised over HTTP with httpx.
+
+Overload and drain are made deterministic by holding the inference worker inside a gated ``encoder.logits`` call:
+what is queued behind it, and what is in flight when the drain starts, is then known exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+from crossonnx.encoder import CrossEncoder  # noqa: E402
+from crossonnx.serve.app import create_app  # noqa: E402
+from crossonnx.serve.limits import ServeLimits  # noqa: E402
+from crossonnx.serve.server import DrainingServer, make_server  # noqa: E402
+from pairs import parity_pairs  # noqa: E402
+
+Pair = tuple[str, str]
+WAIT_S = 30.0
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = ServeLimits(max_texts_per_request=16, max_text_chars=4000, max_queue_pairs=256, max_body_bytes=60_000)
+LONG_TEXT = "the cat sat on the mat " * 150  # ~900 tokens: over the model's 512, under 4000 characters
+
+
+class GatedRunner:
+    """``encoder.logits`` behind a gate: each call records its size, signals ``entered`` and waits for ``gate``."""
+
+    def __init__(self, encoder: CrossEncoder):
+        self.encoder = encoder
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, pairs: list[Pair]) -> np.ndarray:
+        self.calls.append(len(pairs))
+        self.entered.set()
+        if not self.gate.wait(WAIT_S):
+            raise TimeoutError("the test never opened the gate")
+        return self.encoder.logits(pairs)
+
+
+class Running:
+    """A server running in a background thread, and its base URL."""
+
+    def __init__(self, server: DrainingServer, thread: threading.Thread, url: str):
+        self.server, self.thread, self.url = server, thread, url
+        self.state = server.state
+
+    def post(self, path: str, body: object = None, content: bytes | None = None) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, content=content, timeout=WAIT_S)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=WAIT_S)
+
+
+def _until(predicate: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+@contextmanager
+def serving(encoder: CrossEncoder, limits: ServeLimits = LIMITS, runner=None) -> Iterator[Running]:
+    """uvicorn on 127.0.0.1 and a free port (bound here), in a thread; stopped (if still running) on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = make_server(create_app(encoder, limits, runner=runner), log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: server.started or not thread.is_alive())
+        assert server.started, "the server did not start"
+        yield Running(server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}")
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_S)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_exports: dict[str, Path]) -> Path:
+    return tiny_exports["bert"]
+
+
+@pytest.fixture(scope="module")
+def encoder(model_dir: Path) -> CrossEncoder:
+    return CrossEncoder(model_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def server(encoder: CrossEncoder) -> Iterator[Running]:
+    with serving(encoder) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def query_texts() -> tuple[str, list[str]]:
+    pairs = parity_pairs(48)
+    return pairs[30][0], [passage for _, passage in pairs[26:36]] + ["", "naïve café 🙂"]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" (\S+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+# -- scoring endpoints ----------------------------------------------------------------------------------------
+def test_rerank_matches_predict_sorted(server, encoder, query_texts):
+    query, texts = query_texts
+    expected = encoder.predict([(query, t) for t in texts])
+    response = server.post("/rerank", {"query": query, "texts": texts})
+    assert response.status_code == 200, response.text
+    items = response.json()
+    assert sorted(item["index"] for item in items) == list(range(len(texts)))
+    assert all(set(item) == {"index", "score"} for item in items)
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True)
+    got = np.array([item["score"] for item in sorted(items, key=lambda item: item["index"])])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    with_text = server.post("/rerank", {"query": query, "texts": texts, "return_text": True}).json()
+    assert all(item["text"] == texts[item["index"]] for item in with_text)
+
+
+def test_rerank_raw_scores_are_logits(server, encoder, query_texts):
+    query, texts = query_texts
+    logits = encoder.logits([(query, t) for t in texts])[:, 0]
+    items = server.post("/rerank", {"query": query, "texts": texts, "raw_scores": True}).json()
+    got = np.array([item["score"] for item in sorted(items, key=lambda item: item["index"])])
+    np.testing.assert_allclose(got, logits, atol=1e-5, rtol=0)
+    assert not np.allclose(got, encoder.predict([(query, t) for t in texts]), atol=1e-3)  # no sigmoid applied
+
+
+def test_cohere_rerank_top_n_and_documents(server, encoder, query_texts):
+    query, texts = query_texts
+    documents: list[object] = [t if i % 2 else {"text": t} for i, t in enumerate(texts)]
+    expected = encoder.predict([(query, t) for t in texts])
+    order = np.argsort(-expected, kind="stable")
+
+    body = server.post("/v1/rerank", {"query": query, "documents": documents, "model": "any"}).json()
+    assert isinstance(body["id"], str) and body["id"]
+    assert "api_version" in body["meta"]
+    results = body["results"]
+    assert len(results) == len(texts) and all(set(r) == {"index", "relevance_score"} for r in results)
+    got = np.array([r["relevance_score"] for r in sorted(results, key=lambda r: r["index"])])
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    top = server.post(
+        "/v1/rerank", {"query": query, "documents": documents, "top_n": 3, "return_documents": True}
+    ).json()["results"]
+    assert [r["index"] for r in top] == order[:3].tolist()
+    assert all(r["document"] == {"text": texts[r["index"]]} for r in top)
+
+
+def test_predict_scores_in_order(server, encoder):
+    pairs = parity_pairs(48)[:12]
+    response = server.post("/predict", {"pairs": [list(p) for p in pairs]})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["scores"], encoder.predict(pairs), atol=1e-5, rtol=0)
+    raw = server.post("/predict", {"pairs": [list(p) for p in pairs], "raw_scores": True}).json()["scores"]
+    np.testing.assert_allclose(raw, encoder.logits(pairs)[:, 0], atol=1e-5, rtol=0)
+
+
+def test_concurrent_requests_each_get_their_own_scores(server, encoder):
+    pairs = parity_pairs(48)
+    jobs = [pairs[i : i + 1 + i % 5] for i in range(0, 40, 2)]
+
+    def call(job: list[Pair]) -> list[float]:
+        response = server.post("/predict", {"pairs": [list(p) for p in job]})
+        assert response.status_code == 200, response.text
+        return response.json()["scores"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, jobs))
+    for job, scores in zip(jobs, results, strict=True):
+        np.testing.assert_allclose(scores, encoder.predict(job), atol=1e-5, rtol=0)
+
+
+def test_truncation_by_default_and_413_when_refused(server, encoder):
+    texts = ["a short passage", LONG_TEXT]
+    expected = encoder.predict([("cats", t) for t in texts])  # the runtime truncates to max_length
+    for body in ({"query": "cats", "texts": texts}, {"query": "cats", "texts": texts, "truncate": True}):
+        items = server.post("/rerank", body).json()
+        got = np.array([item["score"] for item in sorted(items, key=lambda item: item["index"])])
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    refused = server.post("/rerank", {"query": "cats", "texts": texts, "truncate": False})
+    assert refused.status_code == 413
+    assert refused.json()["field"] == "texts[1]" and "512" in refused.json()["error"]
+    assert server.post("/rerank", {"query": "cats", "texts": texts[:1], "truncate": False}).status_code == 200
+    cohere = server.post("/v1/rerank", {"query": "cats", "documents": texts, "truncate": False})
+    assert (cohere.status_code, cohere.json()["field"]) == (413, "documents[1]")
+    pairs = server.post("/predict", {"pairs": [["a", "b"], ["cats", LONG_TEXT]], "truncate": False})
+    assert (pairs.status_code, pairs.json()["field"]) == (413, "pairs[1]")
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+ERRORS = [
+    # (path, JSON body or raw bytes, status, error_type, field)
+    ("/rerank", b'{"query": "q", "texts": [', 400, "Malformed", None),
+    ("/rerank", b"", 400, "Malformed", None),
+    ("/rerank", b"\xff\xfe", 400, "Malformed", None),
+    ("/rerank", b"[1, 2]", 422, "Validation", None),
+    ("/rerank", {"texts": ["a"]}, 422, "Validation", "query"),
+    ("/rerank", {"query": 7, "texts": ["a"]}, 422, "Validation", "query"),
+    ("/rerank", {"query": "q", "texts": "abc"}, 422, "Validation", "texts"),
+    ("/rerank", {"query": "q", "texts": ["a", "b", 3]}, 422, "Validation", "texts[2]"),
+    ("/rerank", {"query": "q", "texts": ["a", None]}, 422, "Validation", "texts[1]"),
+    ("/rerank", {"query": "q", "texts": []}, 422, "Validation", "texts"),
+    ("/rerank", {"query": "q", "texts": ["a"], "raw_scores": "yes"}, 422, "Validation", "raw_scores"),
+    ("/rerank", {"query": "q", "texts": ["a"], "truncate": 1}, 422, "Validation", "truncate"),
+    ("/rerank", {"query": "q", "texts": ["a"] * 17}, 413, "TooLarge", "texts"),
+    ("/rerank", {"query": "q", "texts": ["a", "x" * 4001]}, 413, "TooLarge", "texts[1]"),
+    ("/rerank", {"query": "q" * 4001, "texts": ["a"]}, 413, "TooLarge", "query"),
+    ("/rerank", {"query": "q", "texts": ["y" * 3999] * 16}, 413, "TooLarge", None),  # body over 60 000 bytes
+    ("/v1/rerank", {"query": "q", "documents": ["a", 5]}, 422, "Validation", "documents[1]"),
+    ("/v1/rerank", {"query": "q", "documents": [{"body": "a"}]}, 422, "Validation", "documents[0].text"),
+    ("/v1/rerank", {"query": "q", "documents": [{"text": 1}]}, 422, "Validation", "documents[0].text"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "Validation", "top_n"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": True}, 422, "Validation", "top_n"),
+    ("/v1/rerank", {"query": "q", "documents": []}, 422, "Validation", "documents"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"] * 17}, 413, "TooLarge", "documents"),
+    ("/predict", {"pairs": [["a", "b"], ["a", "b", "c"]]}, 422, "Validation", "pairs[1]"),
+    ("/predict", {"pairs": [["a", 2]]}, 422, "Validation", "pairs[0][1]"),
+    ("/predict", {"pairs": ["ab"]}, 422, "Validation", "pairs[0]"),
+    ("/predict", {"pairs": []}, 422, "Validation", "pairs"),
+    ("/predict", {"pairs": [["a", "b"]] * 17}, 413, "TooLarge", "pairs"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "error_type", "field"), ERRORS)
+def test_errors(server, path, body, status, error_type, field):
+    response = server.post(path, content=body) if isinstance(body, bytes) else server.post(path, body)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert set(payload) == {"error", "error_type", "field"}
+    assert (payload["error_type"], payload["field"]) == (error_type, field)
+    assert isinstance(payload["error"], str) and payload["error"]
+
+
+def test_unknown_path_and_method_are_json_errors(server):
+    missing = server.get("/nope")
+    assert (missing.status_code, missing.json()["error_type"]) == (404, "NotFound")
+    wrong = server.get("/rerank")
+    assert (wrong.status_code, wrong.json()["error_type"]) == (405, "MethodNotAllowed")
+
+
+# -- health, info, metrics ------------------------------------------------------------------------------------
+def test_health_and_info(server, encoder):
+    assert server.get("/health").json() == {"status": "ok"}
+    info = server.get("/info").json()
+    assert info["model"] == encoder.model_dir.name
+    assert (info["precision"], info["provider"], info["max_length"]) == ("fp32", "cpu", encoder.max_length)
+    assert info["limits"]["max_texts_per_request"] == 16
+    assert info["limits"]["max_queue_pairs"] == 256
+
+
+def test_metrics_count_requests_batches_and_queue(server):
+    server.post("/rerank", {"query": "q", "texts": ["a", "b"]})
+    server.post("/rerank", {"query": "q", "texts": []})
+    response = server.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert _metric(text, "crossonnx_requests_total", endpoint="/rerank", status="200") >= 1
+    assert _metric(text, "crossonnx_requests_total", endpoint="/rerank", status="422") >= 1
+    assert _metric(text, "crossonnx_request_latency_seconds_count", endpoint="/rerank") >= 2
+    assert _metric(text, "crossonnx_batch_pairs_count") >= 1
+    assert _metric(text, "crossonnx_batch_pairs_sum") >= 2
+    assert _metric(text, "crossonnx_batch_tokens_sum") > 0
+    assert _metric(text, "crossonnx_queue_wait_seconds_count") >= 1
+    assert "crossonnx_queue_pairs 0.0" in text
+    assert "crossonnx_draining 0.0" in text
+
+
+# -- batching, backpressure and drain through the server ------------------------------------------------------
+def test_queued_requests_merge_into_one_model_call(encoder):
+    runner = GatedRunner(encoder)
+    pairs = parity_pairs(48)
+    jobs = [pairs[i : i + 3] for i in range(0, 30, 3)]
+    with serving(encoder, runner=runner) as running, ThreadPoolExecutor(len(jobs)) as pool:
+        first = pool.submit(running.post, "/predict", {"pairs": [list(p) for p in jobs[0]]})
+        assert runner.entered.wait(WAIT_S)
+        rest = [pool.submit(running.post, "/predict", {"pairs": [list(p) for p in job]}) for job in jobs[1:]]
+        _until(lambda: running.state.batcher.queued_requests == len(jobs) - 1)
+        runner.gate.set()
+        responses = [first.result(WAIT_S)] + [future.result(WAIT_S) for future in rest]
+        metrics = running.get("/metrics").text
+    assert runner.calls == [3, 3 * (len(jobs) - 1)]
+    for job, response in zip(jobs, responses, strict=True):
+        assert response.status_code == 200
+        np.testing.assert_allclose(response.json()["scores"], encoder.predict(job), atol=1e-5, rtol=0)
+    assert _metric(metrics, "crossonnx_batch_requests_sum") == len(jobs)
+    assert _metric(metrics, "crossonnx_batch_pairs_count") == 2
+
+
+def test_full_queue_is_429_and_larger_than_queue_is_413(encoder):
+    runner = GatedRunner(encoder)
+    limits = ServeLimits(max_queue_pairs=4, max_texts_per_request=8)
+    with serving(encoder, limits, runner) as running, ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(running.post, "/rerank", {"query": "q", "texts": ["a", "b", "c"]})
+        assert runner.entered.wait(WAIT_S)  # the worker holds these 3: the queue is empty again
+        queued = pool.submit(running.post, "/rerank", {"query": "q", "texts": ["d", "e", "f"]})
+        _until(lambda: running.state.batcher.queued_pairs == 3)
+
+        full = running.post("/rerank", {"query": "q", "texts": ["g", "h"]})  # 3 + 2 > 4
+        assert full.status_code == 429
+        assert full.json()["error_type"] == "Overloaded"
+        too_big = running.post("/rerank", {"query": "q", "texts": list("abcde")})  # > 4: can never fit
+        assert (too_big.status_code, too_big.json()["field"]) == (413, "texts")
+        last = pool.submit(running.post, "/rerank", {"query": "q", "texts": ["i"]})  # 3 + 1: the queue is full
+        _until(lambda: running.state.batcher.queued_pairs == 4)
+        assert running.post("/rerank", {"query": "q", "texts": ["j"]}).status_code == 429
+
+        runner.gate.set()
+        for future in (busy, queued, last):
+            assert future.result(WAIT_S).status_code == 200
+        metrics = running.get("/metrics").text
+    assert _metric(metrics, "crossonnx_rejected_total", reason="queue_full") == 2
+    assert _metric(metrics, "crossonnx_rejected_total", reason="too_large") == 1
+    assert _metric(metrics, "crossonnx_requests_total", endpoint="/rerank", status="429") == 2
+
+
+def test_drain_refuses_new_requests_and_finishes_those_in_flight(encoder):
+    runner = GatedRunner(encoder)
+    texts = [p for _, p in parity_pairs(48)[26:30]]
+    with serving(encoder, runner=runner) as running, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(running.post, "/rerank", {"query": "cats", "texts": texts})
+        assert runner.entered.wait(WAIT_S)
+
+        running.server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+        refused = running.post("/rerank", {"query": "q", "texts": ["a"]})
+        assert refused.status_code == 503
+        assert refused.json()["error_type"] == "Unhealthy"
+        assert running.get("/health").status_code == 503
+        assert "crossonnx_draining 1.0" in running.get("/metrics").text
+        assert running.thread.is_alive()  # still draining: the request in flight holds it open
+
+        runner.gate.set()
+        response = in_flight.result(WAIT_S)
+        running.thread.join(WAIT_S)
+        assert not running.thread.is_alive()  # the drained server shut down by itself
+    assert response.status_code == 200
+    got = np.array([item["score"] for item in sorted(response.json(), key=lambda item: item["index"])])
+    np.testing.assert_allclose(got, encoder.predict([("cats", t) for t in texts]), atol=1e-5, rtol=0)
+    assert not running.state.batcher.accepting  # the lifespan shutdown closed the batcher
+
+
+def test_a_failing_model_call_is_a_json_500_and_the_server_goes_on(encoder):
+    def runner(pairs: list[Pair]) -> np.ndarray:
+        if any(query == "fail" for query, _ in pairs):
+            raise RuntimeError("the model failed")
+        return encoder.logits(pairs)
+
+    with serving(encoder, runner=runner) as running:
+        failed = running.post("/predict", {"pairs": [["fail", "x"]]})
+        assert (failed.status_code, failed.json()["error_type"]) == (500, "Backend")
+        assert running.post("/predict", {"pairs": [["fine", "x"]]}).status_code == 200
+        assert _metric(running.get("/metrics").text, "crossonnx_batch_errors_total") == 1
+
+
+def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir, encoder):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "crossonnx.cli", "serve", str(model_dir), "--port", str(port),
+               "--threads", "1", "--max-texts-per-request", "4", "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read().decode())  # type: ignore[union-attr]
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _until(healthy)
+        response = httpx.post(url + "/rerank", json={"query": "cats", "texts": ["a cat", "a dog"]}, timeout=WAIT_S)
+        assert response.status_code == 200
+        np.testing.assert_allclose(
+            [item["score"] for item in sorted(response.json(), key=lambda item: item["index"])],
+            encoder.predict([("cats", "a cat"), ("cats", "a dog")]), atol=1e-5, rtol=0,
+        )
+        assert httpx.get(url + "/info", timeout=WAIT_S).json()["limits"]["max_texts_per_request"] == 4
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_missing_serve_extra_names_the_install_command(model_dir, monkeypatch, capsys):
+    from crossonnx.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what an install without the extra looks like to import
+    assert main(["serve", str(model_dir)]) == 2
+    assert 'pip install "crossonnx[serve]"' in capsys.readouterr().err
