@@ -30,7 +30,7 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     print(
-        f"scored {result.rows:,} rows in {result.seconds:.1f} s ({result.pairs_per_second:,.0f} pairs/s, "
+        f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.pairs_per_second:,.0f} pairs/s, "
         f"{encoder.precision}, {encoder.threads} threads) -> {result.out}",
         file=sys.stderr,
     )

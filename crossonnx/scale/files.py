@@ -1,0 +1,497 @@
+"""Streaming scoring of Parquet, JSON-lines and CSV files with bounded memory (`crossonnx score-file`).
+
+A file is read ``chunk_rows`` rows at a time, each chunk is scored with ``CrossEncoder.predict`` and written
+out with every input column kept and a score column added, in input order. Memory depends on the chunk size
+(and, for Parquet, on the input's row-group size), not on the file's length. The output goes to a temporary
+file beside the target, renamed over it only when every row was scored.
+
+Parquet needs pyarrow (the `scale` extra); JSON lines and CSV use the standard library.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS, ScaleError, require
+
+if TYPE_CHECKING:
+    from crossonnx.encoder import CrossEncoder
+
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The input's text columns and the output's score column."""
+
+    query: str = "query"
+    passage: str = "passage"
+    score: str = "score"
+
+    def flag(self, name: str) -> str:
+        return {self.query: "--query-column", self.passage: "--passage-column"}.get(name, "--score-column")
+
+
+@dataclass
+class ScoreFileResult:
+    """What `score_file` did."""
+
+    source: Path
+    out: Path
+    format: str
+    rows: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def detect_format(path: str | Path, fmt: str = "auto") -> str:
+    """'parquet', 'jsonl' or 'csv': ``fmt`` if given, else from the file name's extension."""
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise ScaleError(f"unknown format {fmt!r}; use auto or one of: {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXTENSIONS:
+        known = ", ".join(EXTENSIONS)
+        raise ScaleError(f"cannot tell the format of {path} from its extension (known: {known}); pass --format")
+    return EXTENSIONS[suffix]
+
+
+def default_output(path: str | Path) -> Path:
+    """``data.parquet`` -> ``data.scored.parquet`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.scored{path.suffix}")
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A progress bar on stderr, by rows when the total is known (Parquet), else by bytes read."""
+
+    def __init__(
+        self,
+        label: str,
+        total_rows: int | None = None,
+        total_bytes: int | None = None,
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        interval: float = 0.5,
+    ):
+        self.label, self.total_rows, self.total_bytes = label, total_rows, total_bytes
+        self.enabled, self.stream, self.interval = enabled, stream or sys.stderr, interval
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._shown = False
+
+    def _line(self, rows: int, position: int | None) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = rows / elapsed
+        fraction = None
+        if self.total_rows:
+            fraction = rows / self.total_rows
+        elif self.total_bytes and position is not None:
+            fraction = position / self.total_bytes
+        count = f"{rows:,}/{self.total_rows:,} rows" if self.total_rows else f"{rows:,} rows"
+        if fraction is None:
+            return f"{self.label}: {count}  {rate:,.0f} rows/s"
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(fraction * 24)
+        eta = (elapsed / fraction - elapsed) if fraction > 0 else 0.0
+        return (f"{self.label}: {fraction * 100:3.0f}% |{'#' * filled}{'.' * (24 - filled)}| {count}  "
+                f"{rate:,.0f} rows/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+
+    def update(self, rows: int, position: int | None = None) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self._last < self.interval:
+            return
+        self._last = now
+        self.stream.write("\r" + self._line(rows, position) + "\x1b[K")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self, rows: int, position: int | None = None) -> None:
+        if self.enabled:
+            if self.total_bytes and position is None:
+                position = self.total_bytes
+            self.stream.write("\r" + self._line(rows, position) + "\x1b[K\n")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+@dataclass
+class Chunk:
+    """Rows read together: their pairs, what the writer needs to write them back, and the bytes consumed."""
+
+    first_row: int  # 0-based index of the chunk's first data row
+    pairs: list[Pair]
+    payload: Any
+    position: int | None = None
+
+
+def _missing_column(path: Path, columns: Columns, name: str, present: list[str], where: str = "") -> ScaleError:
+    shown = ", ".join(repr(c) for c in present) or "none"
+    return ScaleError(
+        f"{path}{where}: no column {name!r}; the columns are: {shown}. Name the column to use with {columns.flag(name)}"
+    )
+
+
+def _score_exists(path: Path, columns: Columns) -> ScaleError:
+    return ScaleError(
+        f"{path} already has a column {columns.score!r}; name the output column with --score-column"
+    )
+
+
+def _not_text(path: Path, row: int, column: str, value: object, where: str = "") -> ScaleError:
+    kind = "null" if value is None else type(value).__name__
+    return ScaleError(
+        f"{path}: row {row}{where}: column {column!r} is {kind} ({value!r:.60}), expected a string; "
+        "every row needs a query and a passage text"
+    )
+
+
+class ParquetSource:
+    """Record batches of ``chunk_rows`` rows from a Parquet file (one row group's data in memory at a time)."""
+
+    def __init__(self, path: Path, columns: Columns, chunk_rows: int):
+        self.pa = require("pyarrow", "pyarrow", "reading Parquet")
+        self.pq = require("pyarrow.parquet", "pyarrow", "reading Parquet")
+        self.path, self.columns, self.chunk_rows = path, columns, chunk_rows
+        try:
+            self.file = self.pq.ParquetFile(str(path))
+        except (OSError, self.pa.ArrowException) as exc:
+            raise ScaleError(f"{path} is not a readable Parquet file: {exc}") from None
+        self.schema = self.file.schema_arrow
+        self.total_rows = self.file.metadata.num_rows
+        self.total_bytes = None
+        names = list(self.schema.names)
+        for name in (columns.query, columns.passage):
+            if name not in names:
+                raise _missing_column(path, columns, name, names)
+            kind = self.schema.field(name).type
+            if not self._is_text(kind):
+                raise ScaleError(
+                    f"{path}: column {name!r} holds {kind}, not strings; score-file scores text columns "
+                    f"(name others with {columns.flag(name)})"
+                )
+        if columns.score in names:
+            raise _score_exists(path, columns)
+
+    def _is_text(self, kind: Any) -> bool:
+        types = self.pa.types
+        if types.is_dictionary(kind):
+            kind = kind.value_type
+        return bool(
+            types.is_string(kind) or types.is_large_string(kind)
+            or (hasattr(types, "is_string_view") and types.is_string_view(kind))
+        )
+
+    def chunks(self) -> Iterator[Chunk]:
+        first = 0
+        for batch in self.file.iter_batches(batch_size=self.chunk_rows, use_threads=False):
+            queries = batch.column(self.columns.query).to_pylist()
+            passages = batch.column(self.columns.passage).to_pylist()
+            for name, texts in ((self.columns.query, queries), (self.columns.passage, passages)):
+                if None in texts:
+                    raise _not_text(self.path, first + texts.index(None) + 1, name, None)
+            yield Chunk(first, list(zip(queries, passages, strict=True)), batch)
+            first += batch.num_rows
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.file.close()
+
+
+class _TextSource:
+    """Shared by JSONL and CSV: a binary handle (so that the byte position can drive the progress bar)."""
+
+    def __init__(self, path: Path, columns: Columns, chunk_rows: int):
+        self.path, self.columns, self.chunk_rows = path, columns, chunk_rows
+        self.total_rows = None
+        self.total_bytes = path.stat().st_size
+        self.handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class JsonlSource(_TextSource):
+    """JSON objects, one per line; blank lines are skipped. Rows keep all their keys."""
+
+    def chunks(self) -> Iterator[Chunk]:
+        q, p = self.columns.query, self.columns.passage
+        rows: list[dict[str, Any]] = []
+        pairs: list[Pair] = []
+        first = count = 0
+        for line_no, raw in enumerate(self.handle, 1):
+            if not raw.strip():
+                continue
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                row = json.loads(raw)
+            except ValueError as exc:
+                raise ScaleError(f"{self.path}: line {line_no} is not valid JSON ({exc})") from None
+            count += 1
+            where = f" (line {line_no})"
+            if not isinstance(row, dict):
+                raise ScaleError(
+                    f"{self.path}: line {line_no} is a JSON {type(row).__name__}, expected an object with "
+                    f"{q!r} and {p!r} keys"
+                )
+            for name in (q, p):
+                if name not in row:
+                    raise _missing_column(self.path, self.columns, name, list(row), f" line {line_no}")
+                if not isinstance(row[name], str):
+                    raise _not_text(self.path, count, name, row[name], where)
+            if self.columns.score in row:
+                raise _score_exists(self.path, self.columns)
+            rows.append(row)
+            pairs.append((row[q], row[p]))
+            if len(rows) >= self.chunk_rows:
+                yield Chunk(first, pairs, rows, self.handle.tell())
+                first += len(rows)
+                rows, pairs = [], []
+        if rows:
+            yield Chunk(first, pairs, rows, self.handle.tell())
+
+
+class CsvSource(_TextSource):
+    """CSV with a header row (Excel dialect, UTF-8 with or without a byte-order mark)."""
+
+    def __init__(self, path: Path, columns: Columns, chunk_rows: int):
+        super().__init__(path, columns, chunk_rows)
+        self.reader = csv.reader(self._lines())
+        try:
+            self.header = next(self.reader)
+        except StopIteration:
+            raise ScaleError(f"{path} is empty: a CSV input needs a header row") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ScaleError(f"{path}: cannot read the CSV header ({exc})") from None
+        for name in (columns.query, columns.passage):
+            if name not in self.header:
+                raise _missing_column(path, columns, name, self.header)
+        if columns.score in self.header:
+            raise _score_exists(path, columns)
+        self.q_index = self.header.index(columns.query)
+        self.p_index = self.header.index(columns.passage)
+
+    def _lines(self) -> Iterator[str]:
+        for index, raw in enumerate(self.handle):
+            yield raw.decode("utf-8-sig" if index == 0 else "utf-8")
+
+    def chunks(self) -> Iterator[Chunk]:
+        rows: list[list[str]] = []
+        pairs: list[Pair] = []
+        first = count = 0
+        width = len(self.header)
+        while True:
+            try:
+                row = next(self.reader)
+            except StopIteration:
+                break
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise ScaleError(f"{self.path}: row {count + 1} (line {self.reader.line_num}): {exc}") from None
+            if not row:
+                continue  # a blank line
+            count += 1
+            if len(row) != width:
+                where = f" (line {self.reader.line_num})"
+                if len(row) < width and len(row) <= max(self.q_index, self.p_index):
+                    missing = self.header[self.q_index if len(row) <= self.q_index else self.p_index]
+                    raise _not_text(self.path, count, missing, None, where)
+                raise ScaleError(
+                    f"{self.path}: row {count}{where} has {len(row)} fields, the header has {width}"
+                )
+            rows.append(row)
+            pairs.append((row[self.q_index], row[self.p_index]))
+            if len(rows) >= self.chunk_rows:
+                yield Chunk(first, pairs, rows, self.handle.tell())
+                first += len(rows)
+                rows, pairs = [], []
+        if rows:
+            yield Chunk(first, pairs, rows, self.handle.tell())
+
+
+def open_source(path: Path, fmt: str, columns: Columns, chunk_rows: int) -> ParquetSource | JsonlSource | CsvSource:
+    """A reader of ``path`` in format ``fmt``; checks the columns before any row is scored."""
+    if fmt == "parquet":
+        return ParquetSource(path, columns, chunk_rows)
+    if fmt == "jsonl":
+        return JsonlSource(path, columns, chunk_rows)
+    return CsvSource(path, columns, chunk_rows)
+
+
+# ----------------------------------------------------------------------------------------------- writers
+
+
+def _score_values(scores: np.ndarray) -> list[Any]:
+    """Python floats (float32 values written exactly) or lists of them for multi-label models."""
+    return scores.astype(np.float64).tolist()
+
+
+class ParquetSink:
+    """Writes each chunk as a row group: the input's columns and schema metadata, plus the score column."""
+
+    def __init__(self, path: Path, source: ParquetSource, columns: Columns, labels: int):
+        pa, pq = source.pa, source.pq
+        self.pa = pa
+        self.labels = labels
+        kind = pa.float32() if labels == 1 else pa.list_(pa.float32(), labels)
+        self.schema = source.schema.append(pa.field(columns.score, kind))
+        self.writer = pq.ParquetWriter(str(path), self.schema)
+
+    def write(self, chunk: Chunk, scores: np.ndarray) -> None:
+        pa = self.pa
+        values = pa.array(np.ascontiguousarray(scores, dtype=np.float32).reshape(-1), type=pa.float32())
+        column = values if self.labels == 1 else pa.FixedSizeListArray.from_arrays(values, self.labels)
+        batch = chunk.payload
+        self.writer.write_batch(pa.RecordBatch.from_arrays([*batch.columns, column], schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class JsonlSink:
+    def __init__(self, path: Path, columns: Columns):
+        self.handle = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 - closed by close()
+        self.score = columns.score
+
+    def write(self, chunk: Chunk, scores: np.ndarray) -> None:
+        dumps, key = json.dumps, self.score
+        lines = [
+            dumps({**row, key: value}, ensure_ascii=False)
+            for row, value in zip(chunk.payload, _score_values(scores), strict=True)
+        ]
+        self.handle.write("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class CsvSink:
+    def __init__(self, path: Path, source: CsvSource, columns: Columns):
+        self.handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow([*source.header, columns.score])
+
+    def write(self, chunk: Chunk, scores: np.ndarray) -> None:
+        values = _score_values(scores)
+        if scores.ndim > 1:
+            values = [json.dumps(v) for v in values]
+        self.writer.writerows([*row, value] for row, value in zip(chunk.payload, values, strict=True))
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _open_sink(path: Path, fmt: str, source: Any, columns: Columns, labels: int) -> ParquetSink | JsonlSink | CsvSink:
+    if fmt == "parquet":
+        return ParquetSink(path, source, columns, labels)
+    if fmt == "jsonl":
+        return JsonlSink(path, columns)
+    return CsvSink(path, source, columns)
+
+
+def _temp_beside(out: Path) -> Path:
+    """An empty temporary file in ``out``'s folder (so that the final rename stays on one file system)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; the result gets normal permissions
+    return Path(name)
+
+
+# ------------------------------------------------------------------------------------------------- entry
+
+
+def score_file(
+    encoder: CrossEncoder,
+    source: str | Path,
+    out: str | Path | None = None,
+    *,
+    fmt: str = "auto",
+    columns: Columns | None = None,
+    batch_size: int = 32,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    raw_scores: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> ScoreFileResult:
+    """Score every (query, passage) row of ``source`` with ``encoder`` and write it to ``out`` with a score column.
+
+    The output has the input's format, columns and row order. ``raw_scores`` writes logits (no activation).
+    ``progress`` None shows the bar when stderr is a terminal.
+    """
+    columns = columns or Columns()
+    source = Path(source)
+    out = Path(out) if out is not None else default_output(source)
+    fmt = detect_format(source, fmt)
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ScaleError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ScaleError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if columns.score in (columns.query, columns.passage):
+        raise ScaleError(f"the score column {columns.score!r} would overwrite a text column; pick another name")
+    out_suffix = out.suffix.lower()
+    if out_suffix in EXTENSIONS and EXTENSIONS[out_suffix] != fmt:
+        raise ScaleError(f"score-file writes the input's format ({fmt}); name the output {out.stem}.{fmt}")
+    if not source.is_file():
+        raise ScaleError(f"{source} does not exist or is not a file")
+    if out.exists() and not overwrite:
+        raise ScaleError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if out.is_dir():
+        raise ScaleError(f"{out} is a folder; --out names the output file")
+
+    activation = "identity" if raw_scores else None
+    started = time.perf_counter()
+    reader = open_source(source, fmt, columns, chunk_rows)
+    tmp: Path | None = None
+    rows = 0
+    try:
+        tmp = _temp_beside(out)
+        sink = _open_sink(tmp, fmt, reader, columns, encoder.num_labels)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = Progress(f"scoring {source.name}", reader.total_rows, reader.total_bytes, enabled=show)
+        position = None
+        try:
+            for chunk in reader.chunks():
+                scores = encoder.predict(chunk.pairs, batch_size=batch_size, activation_fn=activation)
+                sink.write(chunk, np.asarray(scores))
+                rows += len(chunk.pairs)
+                position = chunk.position
+                bar.update(rows, position)
+        finally:
+            sink.close()
+        bar.close(rows, position)
+        os.replace(tmp, out)
+        tmp = None
+    finally:
+        reader.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return ScoreFileResult(source=source, out=out, format=fmt, rows=rows, seconds=seconds,
+                           details={"chunk_rows": chunk_rows, "batch_size": batch_size, "raw_scores": raw_scores})
