@@ -31,6 +31,7 @@ from crossonnx.encoder import CrossEncoder  # noqa: E402
 from crossonnx.serve.app import create_app  # noqa: E402
 from crossonnx.serve.limits import ServeLimits  # noqa: E402
 from crossonnx.serve.server import DrainingServer, make_server  # noqa: E402
+from gated import GatedRunner  # noqa: E402
 from pairs import parity_pairs  # noqa: E402
 
 Pair = tuple[str, str]
@@ -38,23 +39,6 @@ WAIT_S = 30.0
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = ServeLimits(max_texts_per_request=16, max_text_chars=4000, max_queue_pairs=256, max_body_bytes=60_000)
 LONG_TEXT = "the cat sat on the mat " * 150  # ~900 tokens: over the model's 512, under 4000 characters
-
-
-class GatedRunner:
-    """``encoder.logits`` behind a gate: each call records its size, signals ``entered`` and waits for ``gate``."""
-
-    def __init__(self, encoder: CrossEncoder):
-        self.encoder = encoder
-        self.calls: list[int] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def __call__(self, pairs: list[Pair]) -> np.ndarray:
-        self.calls.append(len(pairs))
-        self.entered.set()
-        if not self.gate.wait(WAIT_S):
-            raise TimeoutError("the test never opened the gate")
-        return self.encoder.logits(pairs)
 
 
 class Running:

@@ -7,7 +7,6 @@ test releases it), so what is queued behind it is known exactly; no sleeps decid
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,30 +16,11 @@ import pytest
 
 from crossonnx.encoder import CrossEncoder
 from crossonnx.serve.batcher import BatchReport, Draining, DynamicBatcher, QueueFull, RequestTooLarge
+from gated import GatedRunner
 from pairs import parity_pairs
 
 Pair = tuple[str, str]
 WAIT_S = 30.0
-
-
-class GatedRunner:
-    """``encoder.logits`` behind a gate: each call records its size, signals ``entered`` and waits for ``open``."""
-
-    def __init__(self, encoder: CrossEncoder, fail_on: str | None = None):
-        self.encoder = encoder
-        self.fail_on = fail_on
-        self.calls: list[int] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def __call__(self, pairs: list[Pair]) -> np.ndarray:
-        self.calls.append(len(pairs))
-        self.entered.set()
-        if not self.gate.wait(WAIT_S):
-            raise TimeoutError("the test never opened the gate")
-        if self.fail_on is not None and any(self.fail_on in a for a, _ in pairs):
-            raise ValueError("this batch holds a poisoned pair")
-        return self.encoder.logits(pairs)
 
 
 @pytest.fixture(scope="module")
