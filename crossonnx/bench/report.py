@@ -12,6 +12,78 @@ def _fmt(value: Any, spec: str, missing: str = "–") -> str:
     return missing if value is None else format(value, spec)
 
 
+TARGET_MODELS = ("stsb-minilm-l6", "ms-marco-TinyBERT-L-6")
+PEERS = ("st-onnx", "st-onnx-qint8", "fastembed", "flashrank-style")
+
+
+def _row(doc: dict[str, Any], model: str, workload: str, engine: str) -> dict[str, Any] | None:
+    return next((r for r in doc["throughput"]["results"] if r["model"] == model and r["workload"] == workload
+                 and r["engine"] == engine and "error" not in r), None)
+
+
+def target_checks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it was met (query-passage, batch 32)."""
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, model: str, measured: float | None, required: float, higher: bool = True) -> None:
+        if measured is None:
+            return
+        met = measured >= required if higher else measured <= required
+        checks.append({"target": name, "model": model, "measured": measured, "required": required, "met": met})
+
+    for model in TARGET_MODELS:
+        fp32 = _row(doc, model, "query-passage", "crossonnx-fp32")
+        check("crossonnx fp32 / torch fp32", model, fp32 and fp32.get("x_torch_fp32"), 1.15)
+        check("crossonnx fp32 max abs score diff", model, fp32 and fp32.get("max_abs_diff_vs_torch_fp32"), 1e-5,
+              higher=False)
+        variants = [r for e in ("crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8")
+                    if (r := _row(doc, model, "query-passage", e))]
+        if variants:
+            best = max(variants, key=lambda r: r["pairs_per_s"])
+            check(f"fastest crossonnx ({best['engine']}) / torch fp32", model, best.get("x_torch_fp32"), 2.0)
+            check(f"fastest crossonnx ({best['engine']}) / torch bf16", model, best.get("x_torch_bf16"), 1.1)
+            if model == TARGET_MODELS[0]:  # real weights: rank agreement means something only here
+                check(f"fastest crossonnx ({best['engine']}) Spearman vs torch fp32", model,
+                      best.get("spearman_vs_torch_fp32"), 0.998)
+        workloads = dict.fromkeys(r["workload"] for r in doc["throughput"]["results"] if r["model"] == model)
+        for workload in workloads:
+            ours = [r for e in ("crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8")
+                    if (r := _row(doc, model, workload, e))]
+            peers = [r for e in PEERS if (r := _row(doc, model, workload, e))]
+            if ours and peers:
+                top_peer = max(peers, key=lambda r: r["pairs_per_s"])
+                check(f"fastest crossonnx / fastest peer ({top_peer['engine']}), {workload}", model,
+                      max(r["pairs_per_s"] for r in ours) / top_peer["pairs_per_s"], 1.0)
+    for model in TARGET_MODELS:
+        st = next((r for r in doc.get("cold_start", []) if r["model"] == model and r["engine"] == "st-torch-fp32"
+                   and "error" not in r), None)
+        ours = next((r for r in doc.get("cold_start", []) if r["model"] == model and r["engine"] == "crossonnx-fp32"
+                     and "error" not in r), None)
+        if st and ours:
+            check("cold start crossonnx fp32 / torch fp32", model, ours["cold_start_s"] / st["cold_start_s"], 1 / 3,
+                  higher=False)
+        st_run = _row(doc, model, "query-passage", "st-torch-fp32")
+        our_run = _row(doc, model, "query-passage", "crossonnx-int8") or _row(doc, model, "query-passage",
+                                                                                "crossonnx-fp32")
+        if st_run and our_run:
+            check(f"peak RSS {our_run['engine']} / torch fp32 (query-passage run)", model,
+                  our_run["peak_rss_mb"] / st_run["peak_rss_mb"], 0.5, higher=False)
+    return checks
+
+
+def targets_markdown(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return []
+    lines = ["## Targets (query-passage pairs, batch 32, same thread count, one run)", "",
+             "| target | model | measured | required | met |", "|---|---|---:|---:|---|"]
+    for c in checks:
+        sign = "<=" if any(k in c["target"] for k in ("cold start", "RSS", "diff")) else ">="
+        verdict = "yes" if c["met"] else f"**no** (by {abs(c['measured'] - c['required']) / c['required']:.0%})"
+        lines.append(f"| {c['target']} | {c['model']} | {c['measured']:.4g} | {sign} {c['required']:.4g} "
+                     f"| {verdict} |")
+    return [*lines, ""]
+
+
 def throughput_markdown(doc: dict[str, Any], title: str, command: str) -> str:
     env = doc["environment"]
     lines = [
@@ -34,6 +106,7 @@ def throughput_markdown(doc: dict[str, Any], title: str, command: str) -> str:
         "same pairs (sigmoid scores, 0..1). Peak RSS: the engine's whole process.",
         "",
     ]
+    lines += targets_markdown(target_checks(doc))
     results = doc["throughput"]["results"]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in results:
