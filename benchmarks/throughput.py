@@ -41,8 +41,8 @@ SIZES = {
     "ms-marco-electra-base": {"query-passage": 64, "sentence-pairs": 192},
     "stsb-roberta-base": {"query-passage": 64, "sentence-pairs": 192},
 }
-# PyTorch bf16 runs at a fifth of fp32 speed on CPUs without AVX512-BF16/AMX: measured on the two models the
-# bf16 target names, one timed pass each
+# PyTorch bf16 is timed on the two models the bf16 target names (one timed pass each: time budget). On CPUs
+# without AVX512-BF16/AMX it runs at about a fifth of fp32 speed (measured on an earlier AVX2-only machine).
 BF16_MODELS = {"stsb-minilm-l6", "ms-marco-TinyBERT-L-6"}
 
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from crossonnx.checkpoints.synthetic import build_seed_shape
+from crossonnx.checkpoints.synthetic import build_seed_shape, seed_config
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.registry import load_registry
@@ -23,39 +23,69 @@ from crossonnx.registry import load_registry
 RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
+def _size(name: str) -> int:
+    config = seed_config(name)
+    return int(config["num_hidden_layers"]) * int(config["hidden_size"]) ** 2
+
+
+def _rows(name: str, folder: Path, seconds: float | None) -> list[dict]:
+    manifest = load_manifest(folder)
+    rows = []
+    for precision, entry in manifest.precisions.items():
+        parity = entry.parity
+        rows.append({
+            "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
+            "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
+            "mb": entry.bytes / 2**20, "max_abs_diff": parity["max_abs_diff"],
+            "max_abs_logit_diff": parity["max_abs_logit_diff"], "spearman": parity["spearman"],
+            "passed": parity["passed"], "export_s": seconds,
+        })
+    return rows
+
+
+def _reusable(name: str, reuse: Path | None) -> Path | None:
+    """An export of the same seed shape made by another script (the throughput benchmark), if there is one."""
+    if reuse is None or not (reuse / name / "crossonnx.json").is_file():
+        return None
+    arch = load_manifest(reuse / name).architecture
+    config = seed_config(name)
+    same = all(int(arch[k]) == int(config[k]) for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    return reuse / name if same else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated models.yaml names (default: all)")
     parser.add_argument("--work", default=".cache/seed-shapes", help="scratch folder for checkpoints and exports")
+    parser.add_argument("--reuse", default=".cache/bench/onnx",
+                        help="take the rows of seed shapes already exported here (same gates) instead of re-exporting")
     parser.add_argument("--out", default="export/PARITY.md")
     parser.add_argument("--keep", action="store_true", help="keep the exported folders")
     args = parser.parse_args()
-    names = args.models.split(",") if args.models else list(load_registry())
-    work = Path(args.work)
-    rows = []
-    for name in names:
-        started = time.perf_counter()
-        checkpoint = build_seed_shape(name, work / "ckpt" / name)
-        folder = export_model(str(checkpoint), out=work / "onnx" / name, gate_overrides=RANDOM_WEIGHT_GATES,
-                              overwrite=True)
-        manifest = load_manifest(folder)
-        seconds = time.perf_counter() - started
-        for precision, entry in manifest.precisions.items():
-            parity = entry.parity
-            rows.append({
-                "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
-                "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
-                "mb": entry.bytes / 2**20, "max_abs_diff": parity["max_abs_diff"],
-                "max_abs_logit_diff": parity["max_abs_logit_diff"], "spearman": parity["spearman"],
-                "passed": parity["passed"], "export_s": seconds,
-            })
-        if not args.keep:
-            shutil.rmtree(checkpoint)
-            shutil.rmtree(folder)
-    write_table(rows, Path(args.out), manifest.versions)
+    names = sorted(args.models.split(",") if args.models else list(load_registry()), key=_size)
+    work, reuse = Path(args.work), Path(args.reuse) if args.reuse else None
+    rows: list[dict] = []
+    versions: dict[str, str] = {}
+    for index, name in enumerate(names):
+        existing = _reusable(name, reuse)
+        if existing is not None:
+            rows += _rows(name, existing, None)
+            versions = versions or load_manifest(existing).versions
+        else:
+            started = time.perf_counter()
+            checkpoint = build_seed_shape(name, work / "ckpt" / name)
+            folder = export_model(str(checkpoint), out=work / "onnx" / name, gate_overrides=RANDOM_WEIGHT_GATES,
+                                  overwrite=True)
+            rows += _rows(name, folder, time.perf_counter() - started)
+            versions = load_manifest(folder).versions
+            if not args.keep:
+                shutil.rmtree(checkpoint)
+                shutil.rmtree(folder)
+        write_table(rows, Path(args.out), versions, pending=names[index + 1 :])  # after each model: a partial
+        # run still leaves a correct (shorter) table
 
 
-def write_table(rows: list[dict], out: Path, versions: dict[str, str]) -> None:
+def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: list[str] | None = None) -> None:
     lines = [
         "# Parity of every seed model's exact shape (random weights), per precision",
         "",
@@ -64,17 +94,21 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str]) -> None:
         "runtime on the CPU provider, against sentence-transformers `CrossEncoder` (PyTorch fp32) on the same",
         "checkpoint. Scores are sigmoid outputs (0..1). Random weights score every pair alike, so the int8",
         "Spearman column is noise here; real-weight accuracy per precision is in benchmarks/results/accuracy.md.",
+        "Rows with export s `–` come from the throughput benchmark's exports of the same seed shapes (same gates).",
         "",
         "| model | arch | layers x hidden | precision | file MB | max abs diff (score) | max abs diff (logit) "
         "| Spearman | gate | export s |",
         "|---|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
+        seconds = "–" if r["export_s"] is None else f"{r['export_s']:.0f}"
         lines.append(
             f"| {r['model']} | {r['arch']} | {r['layers']} x {r['hidden']} | {r['precision']} | {r['mb']:.1f} "
             f"| {r['max_abs_diff']:.2e} | {r['max_abs_logit_diff']:.2e} | {r['spearman']:.4f} "
-            f"| {'pass' if r['passed'] else 'FAIL'} | {r['export_s']:.0f} |"
+            f"| {'pass' if r['passed'] else 'FAIL'} | {seconds} |"
         )
+    if pending:
+        lines += ["", f"Not measured yet (the run was stopped before them): {', '.join(pending)}."]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

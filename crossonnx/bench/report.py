@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def targets_markdown(checks: list[dict[str, Any]]) -> list[str]:
              "| target | model | measured | required | met |", "|---|---|---:|---:|---|"]
     for c in checks:
         sign = "<=" if any(k in c["target"] for k in ("cold start", "RSS", "diff")) else ">="
-        verdict = "yes" if c["met"] else f"**no** (by {abs(c['measured'] - c['required']) / c['required']:.0%})"
+        verdict = "yes" if c["met"] else f"**no** (by {abs(c['measured'] - c['required']) / c['required']:.1%})"
         lines.append(f"| {c['target']} | {c['model']} | {c['measured']:.4g} | {sign} {c['required']:.4g} "
                      f"| {verdict} |")
     return [*lines, ""]
@@ -168,10 +169,11 @@ def throughput_plot(doc: dict[str, Any], out: Path, workload: str = "query-passa
     width = 0.8 / len(engines)
     fig, ax = plt.subplots(figsize=(max(8, 1.8 * len(models)), 4.8))
     for i, engine in enumerate(engines):
-        values = [next((r["x_torch_fp32"] for r in rows if r["model"] == m and r["engine"] == engine), 0.0)
+        values = [next((r["x_torch_fp32"] for r in rows if r["model"] == m and r["engine"] == engine), math.nan)
                   for m in models]
         bars = ax.bar([j + i * width for j in range(len(models))], values, width, label=engine)
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+        labels = ["not run" if math.isnan(v) else f"{v:.2f}" for v in values]
+        ax.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, fontsize=8)
     ax.set_ylabel("throughput / sentence-transformers PyTorch fp32")
