@@ -33,4 +33,4 @@ def test_targets_met_and_missed_are_reported_with_margin() -> None:
     assert checks["cold start crossonnx fp32 / torch fp32"]["met"]
     assert checks["peak RSS crossonnx-int8 / torch fp32 (query-passage run)"]["met"]
     text = "\n".join(targets_markdown(list(checks.values())))
-    assert "**no** (by 5%)" in text and "**no** (by 5%)" in text.split("fastest peer")[1]
+    assert "**no** (by 5.0%)" in text.split("fastest peer")[0] and "**no** (by 5.0%)" in text.split("fastest peer")[1]
