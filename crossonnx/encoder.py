@@ -197,7 +197,7 @@ class CrossEncoder:
             "graph": self.manifest.entry(self.graph).file,
             "provider": self.provider,
             "provider_reason": self.provider_reason,
-            "provider_options": {k: v for k, v in self.provider_options.items()},
+            "provider_options": dict(self.provider_options),
             "threads": self.threads,
             "max_length": self.max_length,
             "max_batch": self.max_batch,
@@ -256,12 +256,12 @@ class CrossEncoder:
             for rows in plan_batches(encoded.lengths, rows_cap, self.token_budget):
                 feed = self.tokenizer.batch(encoded, rows)
                 out[start + rows] = self._run(feed)
+                progress.advance(len(rows))
                 if stats is not None:
                     stats["padded_tokens"] = stats.get("padded_tokens", 0) + feed["attention_mask"].size
                     stats["model_calls"] = stats.get("model_calls", 0) + 1
             if stats is not None:
                 stats["tokens"] = stats.get("tokens", 0) + int(encoded.lengths.sum())
-                progress.advance(len(rows))
         return out
 
     def predict(

@@ -38,3 +38,20 @@ def test_bad_budgets():
         plan_batches(np.array([3]), 0)
     with pytest.raises(ValueError, match="token_budget"):
         plan_batches(np.array([3]), 1, 0)
+
+
+def test_progress_and_stats_cover_every_pair(tiny_exports, capsys):
+    from crossonnx import CrossEncoder
+    from pairs import parity_pairs
+
+    encoder = CrossEncoder(tiny_exports["bert"], token_budget=256)
+    pairs = parity_pairs(40)
+    encoder.predict(pairs, batch_size=8, show_progress_bar=True)
+    assert capsys.readouterr().err.rstrip().endswith(f"scoring pairs: {len(pairs)}/{len(pairs)}")
+    stats: dict[str, int] = {}
+    encoder.logits(pairs, batch_size=8, stats=stats)
+    assert stats["tokens"] == int(encoder.tokenizer.encode(pairs).lengths.sum())
+    assert stats["tokens"] <= stats["padded_tokens"] <= stats["model_calls"] * 256 + max(
+        encoder.tokenizer.encode(pairs).lengths
+    )
+    assert stats["model_calls"] >= len(pairs) // 8
