@@ -55,7 +55,8 @@ def _reusable(name: str, reuse: Path | None) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", help="comma-separated models.yaml names (default: all)")
+    parser.add_argument("--models", help="comma-separated models.yaml names (default: all); the table keeps the "
+                        "earlier rows of the other models")
     parser.add_argument("--work", default=".cache/seed-shapes", help="scratch folder for checkpoints and exports")
     parser.add_argument("--reuse", default=".cache/bench/onnx",
                         help="take the rows of seed shapes already exported here (same gates) instead of re-exporting")
@@ -63,10 +64,11 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the exported folders")
     args = parser.parse_args()
     names = sorted(args.models.split(",") if args.models else list(load_registry()), key=_size)
-    work, reuse = Path(args.work), Path(args.reuse) if args.reuse else None
+    work, reuse, out = Path(args.work), Path(args.reuse) if args.reuse else None, Path(args.out)
+    kept = _kept_rows(out, names, all_models=not args.models)
     rows: list[dict] = []
     versions: dict[str, str] = {}
-    for index, name in enumerate(names):
+    for name in names:
         existing = _reusable(name, reuse)
         if existing is not None:
             rows += _rows(name, existing, None)
@@ -81,8 +83,23 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(checkpoint)
                 shutil.rmtree(folder)
-        write_table(rows, Path(args.out), versions, pending=names[index + 1 :])  # after each model: a partial
-        # run still leaves a correct (shorter) table
+        # after each model: a stopped run still leaves a correct table
+        table = _by_size(kept + rows)
+        measured = {row["model"] for row in table}
+        write_table(table, out, versions, pending=[n for n in sorted(load_registry(), key=_size) if n not in measured])
+
+
+def _kept_rows(out: Path, names: list[str], all_models: bool) -> list[dict]:
+    """Rows of an earlier run for models this run does not measure (none when every model is rerun)."""
+    previous = out.with_suffix(".json")
+    if all_models or not previous.is_file():
+        return []
+    return [row for row in json.loads(previous.read_text(encoding="utf-8")) if row["model"] not in names]
+
+
+def _by_size(rows: list[dict]) -> list[dict]:
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    return sorted(rows, key=lambda r: (_size(r["model"]), r["model"], order.get(r["precision"], 3)))
 
 
 def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: list[str] | None = None) -> None:

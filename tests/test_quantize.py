@@ -43,6 +43,18 @@ def test_first_position_split_is_exact_in_fp32(tmp_path, tiny_checkpoints, tiny_
     assert np.abs(_logits(split, feeds) - _logits(plain, feeds)).max() <= 1e-6
 
 
+def test_sensitivity_does_not_depend_on_how_captures_are_grouped(tmp_path, tiny_checkpoints, tiny_exports):
+    """Bounded memory (one MatMul input per session) measures exactly what one capture of all inputs does."""
+    from crossonnx.exporter.quantize import Int8Plan, _capture_groups, analyse_matmuls
+
+    plain, feeds = _plain_graph_and_feeds(tmp_path, tiny_checkpoints["roberta"], tiny_exports["roberta"])
+    all_at_once = analyse_matmuls(plain, feeds, Int8Plan(), capture_budget=2**40)
+    one_by_one = analyse_matmuls(plain, feeds, Int8Plan(), capture_budget=1)
+    assert one_by_one == all_at_once and all_at_once[1]
+    assert _capture_groups({"a": 4, "b": 4, "c": 8}, tokens=10, budget=320) == [["a", "b"], ["c"]]
+    assert _capture_groups({"a": 4, "b": 4}, tokens=10, budget=1) == [["a"], ["b"]]
+
+
 def test_int8_plan_is_recorded(tiny_exports):
     details = load_manifest(tiny_exports["bert"]).precisions["int8"].details
     assert details["first_position_fp32"] is True and details["reduce_range"] is True

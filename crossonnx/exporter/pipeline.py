@@ -16,6 +16,7 @@ from pathlib import Path
 from crossonnx.batching import plan_batches
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.convert import export_plain_graph, graph_input_names, load_checkpoint, quiet_libraries
+from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
 from crossonnx.exporter.reference import REFERENCE_NAME, reference_scores
@@ -161,15 +162,18 @@ def export_model(
         pruned = export_plain_graph(checkpoint, names, plain, opset)
         steps.note("last layer computes the [CLS] position only" if pruned else "full graph (no [CLS]-only head)")
         del checkpoint.model  # free memory before the graph passes
+        release_memory()
 
         steps("fusing transformer operators")
         details = {"fp32": fuse(plain, tmp / FILES["fp32"], checkpoint.config)}
+        release_memory()
         for variant in details.values():
             variant["cls_only_last_layer"] = pruned
         steps.note(str(details["fp32"].get("fused_operators", details["fp32"]["graph"])))
         if "fp16" in wanted:
             steps("converting to mixed fp16")
             details["fp16"] = {**to_mixed_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"]), "cls_only_last_layer": pruned}
+            release_memory()
         tokenizer = checkpoint.tokenizer
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         tokenizer_spec = TokenizerSpec(
@@ -186,6 +190,7 @@ def export_model(
             feeds = calibration_feeds(tmp / "tokenizer.json", tokenizer_spec, reference.max_length, names)
             details["int8"] = quantize_int8(plain, tmp / FILES["int8"], feeds=feeds, log=steps.note)
             details["int8"]["cls_only_last_layer"] = pruned
+            release_memory()
         if tensorrt:
             plain.rename(tmp / FILES[UNFUSED_GRAPH])
             details[UNFUSED_GRAPH] = {"graph": "unfused (for TensorRT)", "cls_only_last_layer": pruned}

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import head_node_names
 from crossonnx.metrics import spearman
 
@@ -158,6 +159,7 @@ def _session(path: Path, keep_intermediates: bool = False):
     options.log_severity_level = 3
     if keep_intermediates:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -182,43 +184,91 @@ def _fake_quant_weight(w: np.ndarray, plan: Int8Plan) -> np.ndarray:
     return np.clip(np.round(w / scale), -levels, levels) * scale
 
 
-def analyse_matmuls(plain: Path, feeds: Feeds, plan: Int8Plan) -> tuple[set[str], dict[str, float]]:
+CAPTURE_BUDGET = 512 * 2**20  # bytes of captured MatMul inputs held at once
+
+
+def _capture_groups(inputs: dict[str, int], tokens: int, budget: int) -> list[list[str]]:
+    """Split the MatMul inputs (name -> width) into runs whose fp32 captures of ``tokens`` fit in ``budget``."""
+    groups: list[list[str]] = [[]]
+    held = 0
+    for name, width in inputs.items():
+        size = tokens * width * 4
+        if groups[-1] and held + size > budget:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return groups
+
+
+def _memory_mapped_weights(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """Read-only views of fp32 initializers saved as external data next to ``path``."""
+    weights = {}
+    for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+        if init.name not in names:
+            continue
+        info = {entry.key: entry.value for entry in init.external_data}
+        assert init.data_type == onnx.TensorProto.FLOAT and "location" in info, init.name
+        weights[init.name] = np.memmap(path.parent / info["location"], dtype=np.float32, mode="r",
+                                       offset=int(info.get("offset", 0)), shape=tuple(init.dims))
+    return weights
+
+
+def analyse_matmuls(
+    plain: Path, feeds: Feeds, plan: Int8Plan, capture_budget: int = CAPTURE_BUDGET
+) -> tuple[set[str], dict[str, float]]:
     """Capture every weight MatMul's input on ``feeds``.
 
     Returns the MatMuls that only ever see the first position (the [CLS]-only last layer: left fp32, they are
     B rows) and, for the others, the relative Frobenius error of their output when only they are quantized.
+    Memory stays bounded on large models: each session exposes only a group of inputs whose captures of the
+    largest batch fit in ``capture_budget`` bytes (ONNX Runtime allocates every graph output on every run),
+    every capture covers the whole batch (so the per-tensor activation ranges are those of the batch), and the
+    weights are shared from one memory-mapped file.
     """
     model = onnx.load(str(plain))
-    nodes = weight_matmuls(model)
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    wanted = list(dict.fromkeys(node.input[0] for node in nodes))
-    existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    first_only: set[str] = {node.name for node in nodes}
-    num = {node.name: 0.0 for node in nodes}
-    den = {node.name: 0.0 for node in nodes}
+    dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    # plain tuples: a NodeProto would keep the whole loaded model (and its weights) alive
+    nodes = [(node.name, node.input[0], node.input[1]) for node in weight_matmuls(model)]
+    widths = {x: int(dims[w][0]) for _, x, w in nodes}  # input name -> its last dimension
+    tokens = max((int(np.prod(next(iter(feed.values())).shape)) for feed in feeds), default=0)
+    first_only: set[str] = {name for name, _, _ in nodes}
+    num = dict.fromkeys(first_only, 0.0)
+    den = dict.fromkeys(first_only, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "capture.onnx"
-        onnx.save(model, str(path))
-        session = _session(path, keep_intermediates=True)
-        for feed in feeds:
-            width = next(iter(feed.values())).shape[1]
-            captured = dict(zip(wanted, session.run(wanted, feed), strict=True))
-            for node in nodes:
-                x = captured[node.input[0]]
-                if x.ndim != 3 or x.shape[1] == 1 < width:
-                    continue
-                first_only.discard(node.name)
-                if plan.first_position_fp32:
-                    x = x[:, 1:]
-                x = x.astype(np.float64)
-                w = weights[node.input[1]].astype(np.float64)
-                exact = x @ w
-                approx = _fake_quant_activation(x) @ _fake_quant_weight(w, plan)
-                num[node.name] += float(((approx - exact) ** 2).sum())
-                den[node.name] += float((exact**2).sum())
+        weights_path = Path(tmp) / "weights.onnx"
+        onnx.save(model, str(weights_path), save_as_external_data=True, location="weights.data", size_threshold=0)
+        del model
+        weights = _memory_mapped_weights(weights_path, {w for _, _, w in nodes})
+        for group in _capture_groups(widths, tokens, capture_budget):
+            capture = onnx.load(str(weights_path), load_external_data=False)
+            existing = {o.name for o in capture.graph.output}
+            capture.graph.output.extend(
+                helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in group
+                if name not in existing
+            )
+            path = Path(tmp) / "capture.onnx"  # beside weights.data, which it references
+            onnx.save(capture, str(path))
+            session = _session(path, keep_intermediates=True)
+            for feed in feeds:
+                width = next(iter(feed.values())).shape[1]
+                captured = dict(zip(group, session.run(group, feed), strict=True))
+                for name, input_name, weight_name in nodes:
+                    x = captured.get(input_name)
+                    if x is None or x.ndim != 3 or x.shape[1] == 1 < width:
+                        continue
+                    first_only.discard(name)
+                    if plan.first_position_fp32:
+                        x = x[:, 1:]
+                    x = x.astype(np.float64)
+                    w = weights[weight_name].astype(np.float64)
+                    exact = x @ w
+                    approx = _fake_quant_activation(x) @ _fake_quant_weight(w, plan)
+                    num[name] += float(((approx - exact) ** 2).sum())
+                    den[name] += float((exact**2).sum())
+                del captured
+            del session
+        del weights
     errors = {name: (num[name] / den[name]) ** 0.5 for name in num if name not in first_only and den[name]}
     return first_only, errors
 
@@ -238,6 +288,7 @@ def choose_plan(
     """Keep the fewest of the most error-prone MatMuls in fp32 that bring the model within ``target``."""
     base = Int8Plan()
     first_only, errors = analyse_matmuls(plain, feeds, base)
+    release_memory()
     ranked = sorted(errors, key=errors.get, reverse=True)
     reference = run_logits(plain, feeds)
     cap = int(len(ranked) * target.max_fp32_fraction)
@@ -248,6 +299,7 @@ def choose_plan(
         for keep in ladder:
             write_int8(plain, trial_path, Int8Plan(fp32_matmuls=sorted(first_only) + ranked[:keep]))
             measured = _agreement(run_logits(trial_path, feeds), reference)
+            release_memory()
             met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
             base.search.append({"fp32_matmuls": keep, **measured, "met": met})
             if log:
