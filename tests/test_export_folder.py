@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from crossonnx.manifest import load_manifest, sha256_file
@@ -134,3 +135,36 @@ def test_registry_name_resolves_through_the_hugging_face_cache(tmp_path):
     assert source == {"kind": "registry", "id": "cross-encoder/ms-marco-TinyBERT-L-2", "revision": revision,
                       "registry_name": "ms-marco-TinyBERT-L-2"}
     assert folder.stat().st_mode & 0o077  # not left private like a temporary folder
+
+
+def test_nearly_tied_scores_export_with_default_gates(tmp_path):
+    """An untrained head scores every pair alike: the rank gate steps aside, the absolute gate still holds."""
+    from safetensors.torch import load_file, save_file
+
+    from crossonnx import CrossEncoder
+    from crossonnx.checkpoints.synthetic import build_tiny
+    from crossonnx.exporter.pipeline import export_model
+    from crossonnx.verify import verify_folder
+
+    checkpoint = build_tiny("bert", tmp_path / "ckpt", seed=5)
+    weights = load_file(checkpoint / "model.safetensors")
+    weights["classifier.weight"] *= 1e-4  # logits spread ~1e-4: their order is numerical noise
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    folder = export_model(str(checkpoint), out=tmp_path / "onnx", log=None)  # the default gates
+    for precision, entry in load_manifest(folder).precisions.items():
+        parity = entry.parity
+        assert parity["passed"] and parity["spearman_gated"] is False and parity["reference_logit_std"] < 1e-3
+        assert parity["max_abs_diff"] <= parity["gate"]["max_abs_diff"], precision
+    assert all(result["passed"] for result in verify_folder(folder).values())
+    scores = CrossEncoder(folder).predict([("a", "b"), ("c", "d")])
+    assert np.ptp(scores) < 1e-3
+
+
+def test_rank_gate_applies_to_spread_scores():
+    from crossonnx.exporter.validate import Gate
+
+    gate = Gate(max_abs_diff=0.1, min_spearman=0.99)
+    measured = {"finite": True, "max_abs_diff": 0.01, "spearman": 0.9}
+    assert gate.failures({**measured, "spearman_gated": True}) == ["Spearman 0.90000 < 0.99"]
+    assert gate.failures({**measured, "spearman_gated": False}) == []
+    assert gate.failures({**measured, "max_abs_diff": 0.2, "spearman_gated": False}) == ["max abs diff 0.2 > 0.1"]

@@ -192,7 +192,13 @@ def export_plain_graph(
             do_constant_folding=True,
             dynamo=False,
         )
-    graph_inputs = [value.name for value in onnx.load(str(out_path), load_external_data=False).graph.input]
-    if graph_inputs != names:
+    graph_inputs = exported_input_names(out_path)
+    if not graph_inputs or graph_inputs != [name for name in names if name in graph_inputs]:
         raise ExportError(f"the exported graph takes {graph_inputs}, expected {names}")
     return pruned
+
+
+def exported_input_names(path: Path) -> list[str]:
+    """The graph's inputs: the tokenizer's, less any the model ignores (the tracer drops them; DistilBERT-style
+    models ignore token_type_ids, which sentence-transformers passes and the model discards)."""
+    return [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]

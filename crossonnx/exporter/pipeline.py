@@ -15,7 +15,13 @@ from pathlib import Path
 
 from crossonnx.batching import plan_batches
 from crossonnx.errors import ExportError, ValidationError
-from crossonnx.exporter.convert import export_plain_graph, graph_input_names, load_checkpoint, quiet_libraries
+from crossonnx.exporter.convert import (
+    export_plain_graph,
+    exported_input_names,
+    graph_input_names,
+    load_checkpoint,
+    quiet_libraries,
+)
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
@@ -160,6 +166,10 @@ def export_model(
         steps(f"exporting the ONNX graph (opset {opset})")
         plain = tmp / "model_plain.onnx"
         pruned = export_plain_graph(checkpoint, names, plain, opset)
+        ignored = [name for name in names if name not in exported_input_names(plain)]
+        if ignored:
+            names = [name for name in names if name not in ignored]
+            steps.note(f"the model ignores {ignored}: the graph and the runtime leave them out")
         steps.note("last layer computes the [CLS] position only" if pruned else "full graph (no [CLS]-only head)")
         del checkpoint.model  # free memory before the graph passes
         release_memory()
@@ -242,8 +252,11 @@ def export_model(
             steps(f"validating {precision} against PyTorch")
             parity = validate_precision(tmp, precision, reference, gates[precision])
             parities[precision] = parity
+            ungated = gates[precision].min_spearman is not None and not parity["spearman_gated"]
             steps.note(
                 f"max abs diff {parity['max_abs_diff']:.3g}, Spearman {parity['spearman']:.6f}"
+                + (f" (not gated: reference scores nearly tied, logit std {parity['reference_logit_std']:.2g})"
+                   if ungated else "")
                 + ("" if parity["passed"] else "  FAILED: " + "; ".join(parity["failures"]))
             )
             if not parity["passed"]:

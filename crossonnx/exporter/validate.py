@@ -15,6 +15,19 @@ from crossonnx.exporter.reference import Reference
 from crossonnx.metrics import compare
 from crossonnx.providers import UNFUSED_GRAPH
 
+# Rank agreement means something only when the reference scores are apart: on nearly tied scores (a random or
+# untrained head) their order is numerical noise, and a Spearman gate would fail an export whose scores match
+# PyTorch to 1e-4. Measured spread of the reference logits on the validation pairs: the real MiniLM cross-encoder
+# 1.34; random-weight checkpoints 0.0004-0.22. Below this floor Spearman is recorded but not gated; the absolute
+# difference always is.
+MIN_LOGIT_SPREAD = 0.1
+
+
+def logit_spread(logits: np.ndarray) -> float:
+    """Standard deviation of the reference logits over the pairs (smallest over labels)."""
+    flat = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    return float(flat.std(axis=0).min()) if len(flat) else 0.0
+
 
 @dataclass(frozen=True)
 class Gate:
@@ -29,7 +42,7 @@ class Gate:
             out.append("scores contain NaN or inf")
         elif measured["max_abs_diff"] > self.max_abs_diff:
             out.append(f"max abs diff {measured['max_abs_diff']:.3g} > {self.max_abs_diff:g}")
-        if self.min_spearman is not None:
+        if self.min_spearman is not None and measured["spearman_gated"]:
             rho = measured["spearman"]
             if not (isinstance(rho, float) and not math.isnan(rho) and rho >= self.min_spearman):
                 out.append(f"Spearman {rho:.5f} < {self.min_spearman:g}")
@@ -98,6 +111,8 @@ def validate_precision(folder: Path, precision: str, reference: Reference, gate:
     logits = encoder.logits(reference.pairs, batch_size=16)
     measured = compare(np.asarray(scores), reference.scores)
     measured["max_abs_logit_diff"] = float(np.abs(logits - reference.logits).max())
+    measured["reference_logit_std"] = logit_spread(reference.logits)
+    measured["spearman_gated"] = measured["reference_logit_std"] >= MIN_LOGIT_SPREAD
     failures = gate.failures(measured)
     measured["gate"] = asdict(gate)
     measured["passed"] = not failures
