@@ -1,9 +1,10 @@
 """Checkpoints outside the seed families and layouts: what a user may bring to `crossonnx export`.
 
 DistilBERT (its tokenizer returns token_type_ids that the model ignores), XLM-RoBERTa with a SentencePiece
-Unigram tokenizer (the bge-reranker family) and a folder saved by sentence-transformers itself (activation and
-max length in its own config files). Each is exported with the default gates and must match
-sentence-transformers to 1e-5.
+Unigram tokenizer (the bge-reranker family), a folder saved by sentence-transformers itself (activation and
+max length in its own config files) and a checkpoint stored in float16. Each is exported with the default gates
+and must match sentence-transformers to 1e-5 (in fp32 math: for the float16 checkpoint sentence-transformers'
+default would run float16 on the CPU).
 """
 
 from __future__ import annotations
@@ -69,21 +70,39 @@ def _saved_by_sentence_transformers(out: Path) -> Path:
     return out
 
 
-BUILDERS = {"distilbert": _distilbert, "xlm-roberta": _xlm_roberta, "st-saved-tanh": _saved_by_sentence_transformers}
+def _stored_in_float16(out: Path) -> Path:
+    from transformers import AutoModelForSequenceClassification
+
+    from crossonnx.checkpoints.synthetic import build_tiny
+
+    build_tiny("bert", out, seed=6)
+    AutoModelForSequenceClassification.from_pretrained(out).half().save_pretrained(out)
+    return out
+
+
+BUILDERS = {
+    "distilbert": _distilbert,
+    "xlm-roberta": _xlm_roberta,
+    "st-saved-tanh": _saved_by_sentence_transformers,
+    "float16-weights": _stored_in_float16,
+}
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_export_matches_sentence_transformers(kind, tmp_path, st_model_factory):
+    import torch
+
     from crossonnx.exporter.pipeline import export_model
 
     checkpoint = BUILDERS[kind](tmp_path / kind)
     folder = export_model(str(checkpoint), out=tmp_path / "onnx", log=None)  # the default gates
     manifest = load_manifest(folder)
     pairs = parity_pairs()
-    expected = st_model_factory(checkpoint).predict(pairs)
+    expected = st_model_factory(checkpoint, model_kwargs={"dtype": torch.float32}).predict(pairs)
     assert np.abs(CrossEncoder(folder).predict(pairs) - expected).max() <= 1e-5
     assert all(entry.parity["passed"] for entry in manifest.precisions.values())
     if kind == "distilbert":
         assert manifest.inputs == ["input_ids", "attention_mask"]
     if kind == "st-saved-tanh":
         assert manifest.activation == "tanh" and manifest.max_length == 200
+    assert manifest.architecture["stored_dtype"] == ("float16" if kind == "float16-weights" else "float32")

@@ -98,6 +98,15 @@ def calibration_feeds(
     return [tokenizer.batch(encoded, rows) for rows in plan_batches(encoded.lengths, batch)]
 
 
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def stored_dtype(config: object) -> str:
+    """The dtype the checkpoint's weights are stored in, from its config ('float32' when it does not say)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(dtype).removeprefix("torch.")
+
+
 def _replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished folder into place; an existing folder is swapped out only after the move succeeded."""
     if not out.exists():
@@ -156,6 +165,10 @@ def export_model(
         steps(f"loading {resolved.path} (PyTorch)")
         checkpoint = load_checkpoint(resolved.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         names = graph_input_names(checkpoint)
+        if stored_dtype(checkpoint.config) in HALF_DTYPES:
+            steps.note(f"weights stored as {stored_dtype(checkpoint.config)}: validated against PyTorch fp32 math on "
+                       "them (sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
+                       "~1e-5 away)")
 
         steps("scoring validation pairs with sentence-transformers (PyTorch fp32)")
         reference = reference_scores(
@@ -223,6 +236,7 @@ def export_model(
                 "vocab_size": int(config.vocab_size),
                 "max_position_embeddings": int(config.max_position_embeddings),
                 "max_tokens": checkpoint.max_tokens,
+                "stored_dtype": stored_dtype(config),
             },
             num_labels=reference.num_labels,
             activation=reference.activation,

@@ -64,8 +64,12 @@ def reference_scores(
     import torch
     from sentence_transformers import CrossEncoder
 
+    # fp32 math on the checkpoint's exact weights, also for fp16/bf16-stored checkpoints (which
+    # sentence-transformers would otherwise run in half precision on the CPU)
+    fp32 = {"dtype": torch.float32}
     model = CrossEncoder(
-        str(path), device="cpu", max_length=max_length, trust_remote_code=trust_remote_code, local_files_only=True
+        str(path), device="cpu", max_length=max_length, trust_remote_code=trust_remote_code, local_files_only=True,
+        model_kwargs=fp32,
     )
     st_max = int(model.max_seq_length)
     if st_max > max_tokens:
@@ -73,7 +77,8 @@ def reference_scores(
             raise ExportError(f"--max-length {max_length} exceeds the {max_tokens} tokens this model can hold")
         # sentence-transformers would index past the position table on long input; use what the model holds
         model = CrossEncoder(
-            str(path), device="cpu", max_length=max_tokens, trust_remote_code=trust_remote_code, local_files_only=True
+            str(path), device="cpu", max_length=max_tokens, trust_remote_code=trust_remote_code, local_files_only=True,
+            model_kwargs=fp32,
         )
         st_max = max_tokens
     activation = _activation_name(model)
