@@ -165,9 +165,10 @@ def export_model(
         steps(f"loading {resolved.path} (PyTorch)")
         checkpoint = load_checkpoint(resolved.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         names = graph_input_names(checkpoint)
-        if stored_dtype(checkpoint.config) in HALF_DTYPES:
-            steps.note(f"weights stored as {stored_dtype(checkpoint.config)}: validated against PyTorch fp32 math on "
-                       "them (sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
+        weights_dtype = stored_dtype(checkpoint.config)
+        if weights_dtype in HALF_DTYPES:
+            steps.note(f"weights stored as {weights_dtype}: validated against PyTorch fp32 math on them "
+                       "(sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
                        "~1e-5 away)")
 
         steps("scoring validation pairs with sentence-transformers (PyTorch fp32)")
@@ -179,10 +180,11 @@ def export_model(
         steps(f"exporting the ONNX graph (opset {opset})")
         plain = tmp / "model_plain.onnx"
         pruned = export_plain_graph(checkpoint, names, plain, opset)
-        ignored = [name for name in names if name not in exported_input_names(plain)]
-        if ignored:
-            names = [name for name in names if name not in ignored]
+        graph_inputs = exported_input_names(plain)  # the tokenizer's names in order, less any the model ignores
+        if graph_inputs != names:
+            ignored = [name for name in names if name not in graph_inputs]
             steps.note(f"the model ignores {ignored}: the graph and the runtime leave them out")
+            names = graph_inputs
         steps.note("last layer computes the [CLS] position only" if pruned else "full graph (no [CLS]-only head)")
         del checkpoint.model  # free memory before the graph passes
         release_memory()
@@ -236,7 +238,7 @@ def export_model(
                 "vocab_size": int(config.vocab_size),
                 "max_position_embeddings": int(config.max_position_embeddings),
                 "max_tokens": checkpoint.max_tokens,
-                "stored_dtype": stored_dtype(config),
+                "stored_dtype": weights_dtype,
             },
             num_labels=reference.num_labels,
             activation=reference.activation,

@@ -159,6 +159,8 @@ def _session(path: Path, keep_intermediates: bool = False):
     options.log_severity_level = 3
     if keep_intermediates:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # capture sessions are short-lived and their buffer sizes vary by group and batch: without the arena,
+        # freed buffers go back at once (measured on the roberta-base shape: ~0.4 GB less held between runs)
         options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
