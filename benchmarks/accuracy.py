@@ -35,8 +35,7 @@ def add_plain_int8(export_dir: Path) -> None:
     """Add the baseline crossonnx's int8 replaced: ORT dynamic int8 on every MatMul (per-channel, 7-bit), no
     [CLS] split, no fp32 MatMuls; built from the unfused graph the folder keeps (exported with --tensorrt)."""
     from crossonnx.exporter.quantize import Int8Plan, write_int8
-    from crossonnx.manifest import sha256_file
-    from crossonnx.providers import UNFUSED_GRAPH
+    from crossonnx.manifest import UNFUSED_GRAPH, sha256_file
 
     manifest_path = export_dir / "crossonnx.json"
     doc = json.loads(manifest_path.read_text(encoding="utf-8"))

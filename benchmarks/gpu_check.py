@@ -126,7 +126,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from crossonnx.providers import gpu_name, tensorrt_loadable, tensorrt_version
+    from crossonnx.engines.onnxruntime import gpu_name, tensorrt_loadable, tensorrt_version
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise SystemExit("onnxruntime has no CUDA provider here: install onnxruntime-gpu (gpu_check.sh does)")

@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH
 from crossonnx.errors import CrossOnnxError
+from crossonnx.manifest import PRECISIONS
+from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
 from crossonnx.scale.cli import register as register_score_file
 from crossonnx.serve.cli import register as register_serve
 
@@ -78,9 +81,7 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def _encoder(args: argparse.Namespace):
     from crossonnx.encoder import CrossEncoder
 
-    return CrossEncoder(
-        args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads
-    )
+    return CrossEncoder(args.model_dir, **runtime_kwargs(args))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -180,8 +181,8 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
     from crossonnx.encoder import CrossEncoder
 
     encoder = CrossEncoder(
-        args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads,
-        max_length=args.max_length, max_batch=args.max_batch, device_id=args.device_id,
+        args.model_dir, **runtime_kwargs(args), max_length=args.max_length, max_batch=args.max_batch,
+        device_id=args.device_id,
     )
     seconds = encoder.warmup()
     print(json.dumps({**encoder.info(), "warmup_seconds": round(seconds, 3)}, indent=2, ensure_ascii=False))
@@ -191,8 +192,8 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
 def _cmd_providers(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from crossonnx.providers import gpu_name, tensorrt_loadable, tensorrt_version
-    from crossonnx.session import available_providers, resolve_provider
+    from crossonnx.engines import available_providers, resolve_provider
+    from crossonnx.engines.onnxruntime import gpu_name, tensorrt_loadable, tensorrt_version
 
     choice = resolve_provider("auto")
     report = {
@@ -208,13 +209,6 @@ def _cmd_providers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", help="an exported model folder")
-    parser.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
-    parser.add_argument("--provider", default="auto", help="auto, cpu, cuda or tensorrt (default auto)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all CPUs)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossonnx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to a validated ONNX model folder")
     p.add_argument("source", help="a models.yaml name, a Hugging Face Hub id, or a local checkpoint folder")
     p.add_argument("--out", help="output folder (default: models/<name>)")
-    p.add_argument("--precision", default="fp32,fp16,int8", help="comma-separated: fp32,fp16,int8")
+    p.add_argument("--precision", default=None,
+                   help=f"comma-separated, from {','.join(PRECISIONS)} (default: fp32,fp16,int8, and bf16,int8-static "
+                        "where OpenVINO is installed)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
@@ -250,14 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_build_reference)
 
     p = sub.add_parser("predict", help="score text pairs")
-    _runtime_args(p)
+    add_runtime_args(p)
     p.add_argument("--pair", nargs=2, action="append", metavar=("TEXT_A", "TEXT_B"), help="a pair (repeatable)")
     p.add_argument("--file", help="JSON lines [a, b] or tab-separated pairs; - for stdin")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(run=_cmd_predict)
 
     p = sub.add_parser("rank", help="rank documents for a query")
-    _runtime_args(p)
+    add_runtime_args(p)
     p.add_argument("query")
     p.add_argument("documents", nargs="+")
     p.add_argument("--top-k", type=int, default=None)
@@ -266,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-check a model folder against its stored PyTorch scores (no torch)")
     p.add_argument("model_dir")
     p.add_argument("--precision", default=None, help="comma-separated precisions (default: all exported)")
-    p.add_argument("--provider", default="cpu")
+    p.add_argument("--provider", default=None,
+                   help="engine to verify on (default: the one each precision was validated on at export)")
     p.set_defaults(run=_cmd_verify)
 
     p = sub.add_parser("bench", help="throughput of an exported model, optionally against PyTorch and peers")
@@ -286,9 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("warmup", help="load a model and run its shape range once (builds the TensorRT engine)")
-    _runtime_args(p)
+    add_runtime_args(p)
     p.add_argument("--max-length", type=int, default=None, help="longest pair in tokens (default: the model's)")
-    p.add_argument("--max-batch", type=int, default=64, help="most pairs per model call (TensorRT profile)")
+    p.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
+                   help=f"most pairs per model call (TensorRT profile; default {DEFAULT_MAX_BATCH})")
     p.add_argument("--device-id", type=int, default=0)
     p.set_defaults(run=_cmd_warmup)
 

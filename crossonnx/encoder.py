@@ -5,27 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from crossonnx.batching import plan_batches
-from crossonnx.errors import InvalidInputError, PrecisionNotExportedError
-from crossonnx.manifest import Manifest, check_file, load_manifest
-from crossonnx.paths import cache_root
-from crossonnx.providers import (
-    DEFAULT_MAX_BATCH,
-    OPT_BATCH,
-    OPT_LENGTH,
-    UNFUSED_GRAPH,
-    Profile,
-    cuda_options,
-    tensorrt_options,
-)
-from crossonnx.scoring import ACTIVATION_FNS, resolve_activation, softmax
-from crossonnx.session import create_session, default_threads, resolve_provider
+from crossonnx.engines import default_threads, open_engine, resolve_provider
+from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH, OPT_BATCH, OPT_LENGTH
+from crossonnx.errors import InvalidInputError
+from crossonnx.manifest import load_manifest
+from crossonnx.scoring import ACTIVATION_FNS, ScoreFn, resolve_activation, softmax
 from crossonnx.tokenization import PairTokenizer
 
 logger = logging.getLogger("crossonnx")
@@ -93,43 +85,16 @@ class _Progress:
         sys.stderr.flush()
 
 
-def provider_plan(
-    manifest: Manifest,
-    model_dir: Path,
-    precision: str,
-    provider: str,
-    max_batch: int,
-    max_length: int,
-    device_id: int = 0,
-) -> tuple[str, dict[str, Any] | None]:
-    """The graph (precision entry) a provider runs for ``precision``, and the provider's options.
+@dataclass
+class RunStats:
+    """What one ``logits_and_stats`` call did: tokens after truncation, padded tokens fed, model calls."""
 
-    CPU and CUDA run the precision's own graph; TensorRT builds fp32 or fp16 engines from the unfused graph.
-    """
-    if provider == "cuda":
-        return precision, cuda_options(device_id)
-    if provider != "tensorrt":
-        return precision, None
-    if precision not in ("fp32", "fp16"):
-        raise PrecisionNotExportedError(
-            f"precision {precision!r} is not supported on TensorRT (its int8 needs static QDQ calibration); "
-            "use precision='fp16' (TensorRT builds fp16 from the unfused graph) or provider='cuda'"
-        )
-    if UNFUSED_GRAPH not in manifest.precisions:
-        raise PrecisionNotExportedError(
-            f"TensorRT builds its engine from the unfused graph, which this folder lacks (exported: "
-            f"{', '.join(sorted(manifest.precisions))}). Re-export with: crossonnx export <model> "
-            f"--out {model_dir} --tensorrt --overwrite"
-        )
-    options = tensorrt_options(
-        model_sha256=manifest.entry(UNFUSED_GRAPH).sha256,
-        input_names=list(manifest.inputs),
-        profile=Profile(max_batch=max_batch, max_length=max_length),
-        cache_root=cache_root(),
-        fp16=precision == "fp16",
-        device_id=device_id,
-    )
-    return UNFUSED_GRAPH, options
+    tokens: int = 0
+    padded_tokens: int = 0
+    model_calls: int = 0
+
+
+Activation = str | ScoreFn | None
 
 
 class CrossEncoder:
@@ -137,6 +102,18 @@ class CrossEncoder:
 
     ``CrossEncoder(model_dir).predict([(query, passage), ...])`` returns the scores sentence-transformers'
     ``CrossEncoder`` returns for the same checkpoint.
+
+    Args:
+        model_dir: a folder written by ``crossonnx export``.
+        precision: ``fp32`` (exact), ``fp16``, ``int8`` (ONNX Runtime), ``bf16`` or ``int8-static`` (OpenVINO);
+            each must have been exported and validated into the folder.
+        provider: ``auto``, ``cpu`` (ONNX Runtime), ``openvino``, ``cuda`` or ``tensorrt``. ``auto`` picks the
+            fastest installed engine that runs ``precision``; ``provider_reason`` says why.
+        max_length: truncate pairs to this many tokens (default: the model's own limit).
+        threads: CPU threads for the engine (default: every CPU this process may use).
+        token_budget: padded tokens per model call (``None``: no budget, batches of ``batch_size`` rows).
+        max_batch: most rows per model call on a GPU (the TensorRT profile's bound).
+        device_id: the GPU, for ``cuda`` and ``tensorrt``.
     """
 
     def __init__(
@@ -166,45 +143,39 @@ class CrossEncoder:
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         self.max_batch = max_batch
-        self.device_id = device_id
 
-        choice = resolve_provider(provider)
+        choice = resolve_provider(provider, precision=precision)
         self.provider, self.provider_reason = choice.provider, choice.reason
         if provider == "auto":
             logger.info("crossonnx: provider 'auto' picked %s (%s)", self.provider, self.provider_reason)
         self.threads = threads if threads is not None else default_threads()
-        self.graph, provider_options = provider_plan(
-            self.manifest, self.model_dir, precision, self.provider, self.max_batch, self.max_length, device_id
+        self._engine = open_engine(
+            self.model_dir, self.manifest, precision, self.provider,
+            threads=self.threads, max_batch=self.max_batch, max_length=self.max_length, device_id=device_id,
         )
-        model_path = check_file(self.model_dir, self.manifest.entry(self.graph))
-        self.session, self.session_config = create_session(model_path, self.provider, self.threads, provider_options)
-        self.provider_options = provider_options or {}
-
-        declared = [node.name for node in self.session.get_inputs()]
-        self._output = self.session.get_outputs()[0].name
-        self.tokenizer = PairTokenizer(
-            self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer, self.max_length, declared
+        self._tokenizer = PairTokenizer(
+            self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer, self.max_length,
+            self._engine.input_names,
         )
         self.num_labels = int(self.manifest.num_labels)
-        self.activation_fn = ACTIVATION_FNS[self.manifest.activation]
+        self.activation_fn: ScoreFn = ACTIVATION_FNS[self.manifest.activation]
 
     def info(self) -> dict[str, Any]:
-        """What this encoder runs: model, precision, provider (and why), threads, limits and provider options."""
+        """What this encoder runs: model, precision, engine and provider (and why), threads, limits."""
         return {
             "model_dir": str(self.model_dir),
             "source": self.manifest.source,
             "precision": self.precision,
-            "graph": self.manifest.entry(self.graph).file,
             "provider": self.provider,
             "provider_reason": self.provider_reason,
-            "provider_options": dict(self.provider_options),
+            **self._engine.info(),
             "threads": self.threads,
             "max_length": self.max_length,
             "max_batch": self.max_batch,
             "token_budget": self.token_budget,
             "num_labels": self.num_labels,
             "activation": self.manifest.activation,
-            "inputs": list(self.tokenizer.input_names),
+            "inputs": list(self._tokenizer.input_names),
         }
 
     def warmup(self) -> float:
@@ -219,72 +190,110 @@ class CrossEncoder:
             feed = {
                 name: np.ones((rows, length), dtype=np.int64) if name == "attention_mask"
                 else np.zeros((rows, length), dtype=np.int64)
-                for name in self.tokenizer.input_names
+                for name in self._tokenizer.input_names
             }
-            self._run(feed)
+            self._engine.run(feed)
         return time.perf_counter() - started
 
-    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """One model call. On a GPU the inputs are bound once to device memory (IO binding)."""
-        if self.provider == "cpu":
-            return self.session.run([self._output], feed)[0]
-        binding = self.session.io_binding()
-        for name, array in feed.items():
-            binding.bind_cpu_input(name, array)
-        binding.bind_output(self._output, "cuda", self.device_id)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+    def logits(self, pairs: Sequence[Pair], batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
+        """Raw model outputs of a list of pairs, shape (n, num_labels) float32, in input order."""
+        return self.logits_and_stats(pairs, batch_size, show_progress_bar)[0]
 
-    def logits(
-        self,
-        pairs: Sequence[Pair],
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        stats: dict[str, int] | None = None,
-    ) -> np.ndarray:
-        """Raw model outputs, shape (n, num_labels) float32, in input order (pairs must be validated).
+    def logits_and_stats(
+        self, pairs: Sequence[Pair], batch_size: int = 32, show_progress_bar: bool = False
+    ) -> tuple[np.ndarray, RunStats]:
+        """``logits`` and what computing them took (tokens, padded tokens, model calls)."""
+        return self._logits(normalize_pairs(pairs)[0], batch_size, show_progress_bar)
 
-        ``stats``, when given, is filled with ``tokens`` (after truncation), ``padded_tokens`` and ``model_calls``.
-        """
-        if not isinstance(batch_size, int) or batch_size < 1:
+    def _logits(self, items: list[Pair], batch_size: int, show_progress_bar: bool) -> tuple[np.ndarray, RunStats]:
+        """The model over validated pairs: tokenize per chunk, length-sorted batches under the token budget."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
-        progress = _Progress(len(pairs), bool(show_progress_bar))
-        for start in range(0, len(pairs), CHUNK_PAIRS):
-            encoded = self.tokenizer.encode(pairs[start : start + CHUNK_PAIRS])
-            rows_cap = batch_size if self.provider == "cpu" else min(batch_size, self.max_batch)
+        stats = RunStats()
+        out = np.empty((len(items), self.num_labels), dtype=np.float32)
+        progress = _Progress(len(items), bool(show_progress_bar))
+        rows_cap = batch_size if self.provider in ("cpu", "openvino") else min(batch_size, self.max_batch)
+        for start in range(0, len(items), CHUNK_PAIRS):
+            encoded = self._tokenizer.encode(items[start : start + CHUNK_PAIRS])
             for rows in plan_batches(encoded.lengths, rows_cap, self.token_budget):
-                feed = self.tokenizer.batch(encoded, rows)
-                out[start + rows] = self._run(feed)
+                feed = self._tokenizer.batch(encoded, rows)
+                out[start + rows] = self._engine.run(feed)
                 progress.advance(len(rows))
-                if stats is not None:
-                    stats["padded_tokens"] = stats.get("padded_tokens", 0) + feed["attention_mask"].size
-                    stats["model_calls"] = stats.get("model_calls", 0) + 1
-            if stats is not None:
-                stats["tokens"] = stats.get("tokens", 0) + int(encoded.lengths.sum())
-        return out
+                stats.padded_tokens += feed["attention_mask"].size
+                stats.model_calls += 1
+            stats.tokens += int(encoded.lengths.sum())
+        return out, stats
+
+    def token_counts(self, pairs: Sequence[Pair]) -> list[int]:
+        """Tokens each pair has before truncation (special tokens included), e.g. to refuse over-long pairs."""
+        return self._tokenizer.untruncated_lengths(normalize_pairs(pairs)[0])
+
+    def scores_from_logits(
+        self, logits: np.ndarray, activation_fn: Activation = None, apply_softmax: bool = False
+    ) -> np.ndarray:
+        """Logits (n, num_labels) -> scores as ``predict`` returns them: the activation, then (n,) for one label."""
+        activation = self.activation_fn if activation_fn is None else resolve_activation(activation_fn)
+        scores = activation(np.asarray(logits, dtype=np.float32))
+        if self.num_labels == 1 and scores.ndim > 1:
+            scores = scores.squeeze(-1)
+        if apply_softmax and scores.ndim > 1:
+            scores = softmax(scores, axis=1)
+        return np.asarray(scores, dtype=np.float32)
+
+    @overload
+    def predict(
+        self, pairs: Pair, batch_size: int = ..., show_progress_bar: bool | None = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ...,
+    ) -> np.floating | np.ndarray: ...
+
+    @overload
+    def predict(
+        self, pairs: Sequence[Pair], batch_size: int = ..., show_progress_bar: bool | None = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ...,
+    ) -> np.ndarray: ...
+
+    @overload
+    def predict(
+        self, pairs: Sequence[Pair] | Pair, batch_size: int = ..., show_progress_bar: bool | None = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[False] = ...,
+    ) -> list[Any]: ...
 
     def predict(
         self,
         pairs: Sequence[Pair] | Pair,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
-        activation_fn: str | Callable[[np.ndarray], np.ndarray] | None = None,
+        activation_fn: Activation = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
     ) -> np.ndarray | np.floating | list[Any]:
-        """Scores of text pairs: a float for one pair, an array for a list (shape (n,) or (n, num_labels))."""
+        """Scores of text pairs, as sentence-transformers' ``CrossEncoder.predict`` gives them.
+
+        Args:
+            pairs: one ``(text_a, text_b)`` pair, or a list of them.
+            batch_size: most pairs per model call (the token budget may cut batches smaller).
+            show_progress_bar: a one-line progress report on stderr.
+            activation_fn: overrides the model's activation: a name (sigmoid, identity, tanh, softmax), a numpy
+                callable or a ``torch.nn`` activation.
+            apply_softmax: softmax over the labels of a multi-label model.
+            convert_to_numpy: False returns a list of float32 scalars (or rows).
+
+        Returns:
+            A float32 scalar for one pair; an array of shape (n,) for one label or (n, num_labels) otherwise.
+        """
         items, single = normalize_pairs(pairs)
-        activation = self.activation_fn if activation_fn is None else resolve_activation(activation_fn)
-        scores = activation(self.logits(items, batch_size, bool(show_progress_bar)))
-        if self.num_labels == 1 and scores.ndim > 1:
-            scores = scores.squeeze(-1)
-        if apply_softmax and scores.ndim > 1:
-            scores = softmax(scores, axis=1)
-        scores = np.asarray(scores, dtype=np.float32)
+        logits = self._logits(items, batch_size, bool(show_progress_bar))[0]
+        scores = self.scores_from_logits(logits, activation_fn, apply_softmax)
         if not convert_to_numpy:
             return list(scores)
         return scores[0] if single else scores
+
+    def check_rankable(self) -> None:
+        """rank() needs a model with one label; raises ValueError naming predict() otherwise."""
+        if self.num_labels != 1:
+            raise ValueError(
+                f"rank() needs a model with one label, this one has {self.num_labels}; use predict() with pairs"
+            )
 
     def rank(
         self,
@@ -294,13 +303,21 @@ class CrossEncoder:
         return_documents: bool = False,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
-        activation_fn: str | Callable[[np.ndarray], np.ndarray] | None = None,
+        activation_fn: Activation = None,
     ) -> list[dict[str, Any]]:
-        """Documents sorted by score for ``query``: ``[{"corpus_id", "score", "text"?}, ...]``."""
-        if self.num_labels != 1:
-            raise ValueError(
-                f"rank() needs a model with one label, this one has {self.num_labels}; use predict() with pairs"
-            )
+        """Documents sorted by score for ``query``, as sentence-transformers' ``CrossEncoder.rank``.
+
+        Args:
+            query: the query text.
+            documents: the texts to rank.
+            top_k: keep only the best ``top_k`` (default: all).
+            return_documents: add each document's ``text``.
+            batch_size, show_progress_bar, activation_fn: as in ``predict``.
+
+        Returns:
+            ``[{"corpus_id": i, "score": s, "text"?: doc}, ...]``, highest score first.
+        """
+        self.check_rankable()
         if not isinstance(query, str):
             raise InvalidInputError(f"query is {_describe(query)}, expected str")
         if isinstance(documents, str) or documents is None:

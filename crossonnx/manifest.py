@@ -17,6 +17,17 @@ from crossonnx.errors import ModelFolderError, PrecisionNotExportedError
 MANIFEST_NAME = "crossonnx.json"
 SCHEMA_VERSION = 1
 ACTIVATIONS = ("sigmoid", "identity", "tanh", "softmax")
+# Every precision an export can write, and what it is. bf16 runs the fp32 graph with bf16 math on OpenVINO;
+# int8-static is NNCF's calibrated int8 for OpenVINO. Each engine states which of these it runs (crossonnx/engines).
+PRECISIONS = {
+    "fp32": "exact fp32 (ONNX Runtime or OpenVINO)",
+    "fp16": "fp16 weights and math, fp32 layer norms and softmax (ONNX Runtime; for GPUs)",
+    "int8": "dynamic int8: per-channel int8 weights, activations quantized at run time (ONNX Runtime)",
+    "bf16": "the fp32 graph computed in bf16 (OpenVINO, CPUs with bf16)",
+    "int8-static": "static int8 calibrated on pairs (OpenVINO)",
+}
+# The graph before ONNX Runtime's CPU fusions, kept for TensorRT (its contrib ops are not TensorRT layers)
+UNFUSED_GRAPH = "fp32-unfused"
 
 
 @dataclass(frozen=True)

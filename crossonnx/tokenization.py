@@ -50,6 +50,19 @@ class PairTokenizer:
         self._want_types = "token_type_ids" in self.input_names
         # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which scoring never reads
         self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+        self._untruncated: Tokenizer | None = None  # built on first use of untruncated_lengths
+
+    def untruncated_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair would have without truncation (special tokens included).
+
+        The scoring tokenizer truncates to ``max_length``, so it cannot tell a pair of exactly ``max_length``
+        tokens from a longer one; this uses a non-truncating copy of the same tokenizer.
+        """
+        if self._untruncated is None:
+            self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
+            self._untruncated.no_truncation()
+        encode = getattr(self._untruncated, "encode_batch_fast", self._untruncated.encode_batch)
+        return [len(encoding.ids) for encoding in encode(list(pairs))]
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
         """Tokenize pairs (already validated) without padding."""

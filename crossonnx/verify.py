@@ -10,15 +10,18 @@ import numpy as np
 
 from crossonnx.encoder import CrossEncoder
 from crossonnx.errors import ModelFolderError
-from crossonnx.exporter.validate import Gate  # torch-free: the gate the export recorded
+from crossonnx.exporter.validate import Gate, validation_provider  # torch-free: the gate the export recorded
 from crossonnx.manifest import check_file, load_manifest, sha256_file
 from crossonnx.metrics import compare
 
 
 def verify_folder(
-    folder: str | Path, precisions: list[str] | None = None, provider: str = "cpu"
+    folder: str | Path, precisions: list[str] | None = None, provider: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """Per precision: checksum ok, parity against the stored reference, and whether the export-time gate holds.
+
+    ``provider`` defaults to the engine each precision was validated on at export (ONNX Runtime's CPU, OpenVINO
+    for bf16 and int8-static).
 
     On a GPU provider the gate is the one recorded at export (measured on CPU); compare the figures, not the verdict.
     """
@@ -36,7 +39,7 @@ def verify_folder(
     for precision in precisions or list(manifest.precisions):
         entry = manifest.entry(precision)
         check_file(folder, entry, verify_checksum=True)
-        encoder = CrossEncoder(folder, precision=precision, provider=provider)
+        encoder = CrossEncoder(folder, precision=precision, provider=provider or validation_provider(precision))
         measured = compare(np.asarray(encoder.predict(pairs, batch_size=16)), expected)
         gate = entry.parity.get("gate", {})
         # the export's own rule: no rank gate where the reference scores were nearly tied

@@ -48,10 +48,9 @@ def test_progress_and_stats_cover_every_pair(tiny_exports, capsys):
     pairs = parity_pairs(40)
     encoder.predict(pairs, batch_size=8, show_progress_bar=True)
     assert capsys.readouterr().err.rstrip().endswith(f"scoring pairs: {len(pairs)}/{len(pairs)}")
-    stats: dict[str, int] = {}
-    encoder.logits(pairs, batch_size=8, stats=stats)
-    assert stats["tokens"] == int(encoder.tokenizer.encode(pairs).lengths.sum())
-    assert stats["tokens"] <= stats["padded_tokens"] <= stats["model_calls"] * 256 + max(
-        encoder.tokenizer.encode(pairs).lengths
-    )
-    assert stats["model_calls"] >= len(pairs) // 8
+    logits, stats = encoder.logits_and_stats(pairs, batch_size=8)
+    np.testing.assert_array_equal(logits, encoder.logits(pairs, batch_size=8))
+    lengths = encoder.token_counts(pairs)
+    assert stats.tokens == sum(min(n, encoder.max_length) for n in lengths)
+    assert stats.tokens <= stats.padded_tokens <= stats.model_calls * 256 + max(lengths)
+    assert stats.model_calls >= len(pairs) // 8

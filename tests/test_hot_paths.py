@@ -29,16 +29,16 @@ def encoder(request: pytest.FixtureRequest, reference_export: Path) -> CrossEnco
 
 
 def test_tokenize_batch(benchmark, encoder: CrossEncoder) -> None:
-    encoded = benchmark(encoder.tokenizer.encode, PAIRS)
+    encoded = benchmark(encoder._tokenizer.encode, PAIRS)
     assert len(encoded.lengths) == len(PAIRS)
     assert int(encoded.lengths.max()) <= encoder.max_length
 
 
 def test_one_model_run(benchmark, encoder: CrossEncoder) -> None:
-    encoded = encoder.tokenizer.encode(PAIRS)
+    encoded = encoder._tokenizer.encode(PAIRS)
     rows = plan_batches(encoded.lengths, len(PAIRS))[0]
-    feed = encoder.tokenizer.batch(encoded, rows)
-    logits = benchmark(encoder.session.run, None, feed)[0]
+    feed = encoder._tokenizer.batch(encoded, rows)
+    logits = benchmark(encoder._engine.run, feed)
     assert logits.shape == (len(PAIRS), 1) and np.isfinite(logits).all()
 
 

@@ -17,8 +17,17 @@ import pytest
 import tomllib
 
 from crossonnx import CrossEncoder, PrecisionNotExportedError, ProviderUnavailableError
-from crossonnx.providers import UNFUSED_GRAPH, Profile, cache_key, cuda_options, tensorrt_options
-from crossonnx.session import GPU_INSTALL_HINT, TENSORRT_INSTALL_HINT, resolve_provider
+from crossonnx.engines import resolve_provider
+from crossonnx.engines.onnxruntime import (
+    GPU_INSTALL_HINT,
+    TENSORRT_INSTALL_HINT,
+    Profile,
+    cache_key,
+    cuda_options,
+    graph_for,
+    tensorrt_options,
+)
+from crossonnx.manifest import UNFUSED_GRAPH
 from pairs import RANDOM_WEIGHT_GATES, parity_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,23 +215,21 @@ def test_cuda_matches_cpu(tiny_exports: dict[str, Path]) -> None:
 
 
 def test_tensorrt_plan_uses_the_unfused_graph(tensorrt_ready_export: Path, tmp_path: Path, monkeypatch) -> None:
-    from crossonnx.encoder import provider_plan
     from crossonnx.manifest import load_manifest
 
     monkeypatch.setenv("CROSSONNX_CACHE", str(tmp_path))
     manifest = load_manifest(tensorrt_ready_export)
-    graph, options = provider_plan(manifest, tensorrt_ready_export, "fp16", "tensorrt", 32, 128)
+    graph, options = graph_for(manifest, tensorrt_ready_export, "fp16", "tensorrt", 32, 128)
     assert graph == UNFUSED_GRAPH and options is not None and options["trt_fp16_enable"]
     assert options["trt_engine_cache_path"].startswith(str(tmp_path / "tensorrt"))
     assert options["trt_profile_max_shapes"] == "input_ids:32x128,attention_mask:32x128,token_type_ids:32x128"
-    assert provider_plan(manifest, tensorrt_ready_export, "fp16", "cuda", 32, 128)[0] == "fp16"
+    assert graph_for(manifest, tensorrt_ready_export, "fp16", "cuda", 32, 128)[0] == "fp16"
     with pytest.raises(PrecisionNotExportedError, match="static QDQ"):
-        provider_plan(manifest, tensorrt_ready_export, "int8", "tensorrt", 32, 128)
+        graph_for(manifest, tensorrt_ready_export, "int8", "tensorrt", 32, 128)
 
 
 def test_tensorrt_plan_without_unfused_graph_names_the_fix(tiny_exports: dict[str, Path]) -> None:
-    from crossonnx.encoder import provider_plan
     from crossonnx.manifest import load_manifest
 
     with pytest.raises(PrecisionNotExportedError, match="--tensorrt"):
-        provider_plan(load_manifest(tiny_exports["bert"]), tiny_exports["bert"], "fp16", "tensorrt", 32, 128)
+        graph_for(load_manifest(tiny_exports["bert"]), tiny_exports["bert"], "fp16", "tensorrt", 32, 128)

@@ -23,7 +23,7 @@ def require_export_extra() -> None:
     """Raise a clear error unless the export dependencies are importable."""
     for module, dist in _NEEDED.items():
         if importlib.util.find_spec(module) is None:
-            raise missing_extra("export", dist)
+            raise missing_extra("export", dist, "exporting")
 
 
 def __getattr__(name: str) -> Any:

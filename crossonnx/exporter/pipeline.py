@@ -29,8 +29,7 @@ from crossonnx.exporter.reference import REFERENCE_NAME, reference_scores
 from crossonnx.exporter.source import resolve_source
 from crossonnx.exporter.validate import default_gates, parse_gate_overrides, validate_precision
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
-from crossonnx.manifest import Manifest, PrecisionEntry, TokenizerSpec, sha256_file
-from crossonnx.providers import UNFUSED_GRAPH
+from crossonnx.manifest import UNFUSED_GRAPH, Manifest, PrecisionEntry, TokenizerSpec, sha256_file
 from crossonnx.tokenization import PairTokenizer
 
 PRECISIONS = ("fp32", "fp16", "int8")

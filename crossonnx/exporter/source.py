@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossonnx.errors import ExportError, UnknownModelError
+from crossonnx.errors import ExportError, UnknownModelError, missing_extra
 from crossonnx.registry import ModelSpec, find_model, load_registry
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -69,7 +69,7 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool, cache_dir:
             RevisionNotFoundError,
         )
     except ImportError:
-        raise ExportError("huggingface_hub is needed to export from the Hub: pip install 'crossonnx[export]'") from None
+        raise missing_extra("export", "huggingface-hub", "exporting from the Hub") from None
     patterns = HUB_PATTERNS + (["pytorch_model.bin*"] if allow_pickle else [])
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     try:

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from crossonnx.encoder import CrossEncoder
+from crossonnx.engines import OPENVINO_ONLY
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.reference import Reference
+from crossonnx.manifest import UNFUSED_GRAPH, load_manifest
 from crossonnx.metrics import compare
-from crossonnx.providers import UNFUSED_GRAPH
+from crossonnx.tokenization import PairTokenizer
 
 # Rank agreement means something only when the reference scores are apart: on nearly tied scores (a random or
 # untrained head) their order is numerical noise, and a Spearman gate would fail an export whose scores match
@@ -84,9 +86,12 @@ def parse_gate_overrides(specs: list[str], gates: dict[str, Gate]) -> dict[str, 
     return gates
 
 
-def check_tokens(encoder: CrossEncoder, reference: Reference) -> None:
+def check_tokens(folder: Path, reference: Reference) -> None:
     """The runtime tokenizer must produce exactly the ids sentence-transformers fed PyTorch."""
-    encoded = encoder.tokenizer.encode(reference.pairs)
+    manifest = load_manifest(folder)
+    spec = manifest.tokenizer
+    tokenizer = PairTokenizer(folder / spec.file, spec, manifest.max_length, manifest.inputs)
+    encoded = tokenizer.encode(reference.pairs)
     for index, expected in enumerate(reference.input_ids):
         start, length = int(encoded.starts[index]), int(encoded.lengths[index])
         got = encoded.ids[start : start + length].tolist()
@@ -102,14 +107,18 @@ def check_tokens(encoder: CrossEncoder, reference: Reference) -> None:
             )
 
 
+def validation_provider(precision: str) -> str:
+    """The engine a precision is validated on: OpenVINO for its own precisions, ONNX Runtime's CPU otherwise."""
+    return "openvino" if precision in OPENVINO_ONLY else "cpu"
+
+
 def validate_precision(folder: Path, precision: str, reference: Reference, gate: Gate) -> dict[str, Any]:
     """Score the reference pairs with the runtime; returns the parity record (raises nothing)."""
-    encoder = CrossEncoder(folder, precision=precision, provider="cpu")
+    encoder = CrossEncoder(folder, precision=precision, provider=validation_provider(precision))
     if precision == "fp32":
-        check_tokens(encoder, reference)
-    scores = encoder.predict(reference.pairs, batch_size=16)
+        check_tokens(folder, reference)
     logits = encoder.logits(reference.pairs, batch_size=16)
-    measured = compare(np.asarray(scores), reference.scores)
+    measured = compare(encoder.scores_from_logits(logits), reference.scores)
     measured["max_abs_logit_diff"] = float(np.abs(logits - reference.logits).max())
     measured["reference_logit_std"] = logit_spread(reference.logits)
     measured["spearman_gated"] = measured["reference_logit_std"] >= MIN_LOGIT_SPREAD

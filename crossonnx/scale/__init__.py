@@ -6,12 +6,11 @@ write Parquet, and ``crossonnx.scale.ray_data`` imports ray when used.
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from crossonnx.errors import CrossOnnxError
+from crossonnx.errors import CrossOnnxError, install_command, require_module
 
-INSTALL_HINT = 'pip install "crossonnx[scale]"'
+INSTALL_HINT = install_command("scale")
 FORMATS = ("parquet", "jsonl", "csv")
 DEFAULT_CHUNK_ROWS = 8192  # rows read, scored and written together: a few MB of text for query-passage pairs
 
@@ -20,18 +19,9 @@ class ScaleError(CrossOnnxError, ValueError):
     """A file or dataset cannot be scored as asked (missing column, non-text cell, output exists, ...)."""
 
 
-class ScaleExtraMissingError(CrossOnnxError, ImportError):
-    """pyarrow or ray is needed for this command but is not installed."""
-
-
 def require(module: str, package: str, what: str) -> ModuleType:
-    """Import ``module`` or raise an error naming the `scale` extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ScaleExtraMissingError(
-            f"{what} needs {package}, which is not installed ({exc}). Install it with: {INSTALL_HINT}"
-        ) from None
+    """Import ``module`` or raise ``MissingExtraError`` naming the `scale` extra."""
+    return require_module(module, "scale", package, what)
 
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "FORMATS", "INSTALL_HINT", "ScaleError", "ScaleExtraMissingError", "require"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "FORMATS", "INSTALL_HINT", "ScaleError", "require"]

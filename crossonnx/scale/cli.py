@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crossonnx.runtime_args import add_runtime_args, runtime_kwargs
+
 DESCRIPTION = """\
 Score every (query, passage) row of a Parquet, JSON-lines or CSV file and write it back with a score column.
 The file is streamed CHUNK_ROWS rows at a time, so memory does not grow with its length; the output keeps the
@@ -16,7 +18,7 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
     from crossonnx.encoder import CrossEncoder
     from crossonnx.scale.files import Columns, score_file
 
-    encoder = CrossEncoder(args.model_dir, precision=args.precision, provider=args.provider, threads=args.threads)
+    encoder = CrossEncoder(args.model_dir, **runtime_kwargs(args))
     result = score_file(
         encoder,
         args.input,
@@ -48,13 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model_dir", help="an exported model folder")
+    add_runtime_args(p)
     p.add_argument("input", help="a .parquet, .jsonl or .csv file (CSV: with a header row)")
     p.add_argument("-o", "--out", help="output file, same format as the input (default: INPUT.scored.EXT beside it)")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="input format (default: extension)")
-    p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
-    p.add_argument("--provider", default="auto", help="auto, cpu, cuda or tensorrt (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all CPUs)")
     p.add_argument("--query-column", default="query", help="the column holding the first text (default query)")
     p.add_argument("--passage-column", default="passage", help="the column holding the second text (default passage)")
     p.add_argument("--score-column", default="score", help="the column to add (default score)")

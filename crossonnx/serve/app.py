@@ -41,7 +41,6 @@ from crossonnx.serve.schema import (
     parse_rerank,
     too_large,
 )
-from crossonnx.serve.tokens import TokenCounter
 
 logger = logging.getLogger("crossonnx.serve")
 
@@ -61,10 +60,9 @@ def default_runner(
     rows = limits.max_batch_pairs if encoder.token_budget else 32
 
     def run(pairs: list[Pair]) -> np.ndarray:
-        stats: dict[str, int] = {}
-        out = encoder.logits(pairs, batch_size=rows, stats=stats)
+        out, stats = encoder.logits_and_stats(pairs, batch_size=rows)
         if on_tokens is not None:
-            on_tokens(stats["tokens"])
+            on_tokens(stats.tokens)
         return out
 
     return run
@@ -79,18 +77,13 @@ class ServeState:
         self.metrics = ServeMetrics()
         self.runner = runner or default_runner(encoder, limits, self.metrics.batch_tokens.observe)
         self.batcher = DynamicBatcher(
-            self._run_batch, limits.max_batch_pairs, limits.max_queue_pairs, on_batch=self.metrics.on_batch
+            self.runner, limits.max_batch_pairs, limits.max_queue_pairs, on_batch=self.metrics.on_batch
         )
         self.metrics.watch(self.batcher)
-        self.token_counter = TokenCounter(encoder)
         self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    def _run_batch(self, pairs: list[Pair]) -> np.ndarray:
-        """The worker thread's call."""
-        return self.runner(pairs)
 
     # -- drain -----------------------------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -126,7 +119,8 @@ class ServeState:
         """Scores of ``request.pairs`` as ``CrossEncoder.predict`` returns them (or raw logits)."""
         if not request.truncate:
             loop = asyncio.get_running_loop()
-            over = await loop.run_in_executor(None, self.token_counter.over_limit, request.pairs)
+            counts = await loop.run_in_executor(None, self.encoder.token_counts, request.pairs)
+            over = [(i, n) for i, n in enumerate(counts) if n > self.encoder.max_length]
             if over:
                 index, tokens = over[0]
                 where = f"{request.item_field}[{index}]"
@@ -147,17 +141,17 @@ class ServeState:
             self.metrics.rejected.labels("draining").inc()
             raise ApiError(503, str(exc), "Unhealthy") from None
         self.metrics.request_pairs.observe(len(request.pairs))
-        scores = logits if request.raw_scores else self.encoder.activation_fn(logits)
-        if self.encoder.num_labels == 1 and scores.ndim > 1:
-            scores = scores.squeeze(-1)
-        return np.asarray(scores, dtype=np.float32)
+        return self.encoder.scores_from_logits(logits, "identity" if request.raw_scores else None)
 
     def require_one_label(self) -> None:
-        if self.encoder.num_labels != 1:
+        """Reranking needs a one-label model (the encoder's rule), answered as 422."""
+        try:
+            self.encoder.check_rankable()
+        except ValueError:
             raise invalid(
                 f"this model has {self.encoder.num_labels} labels; reranking needs a one-label model: use /predict",
                 None,
-            )
+            ) from None
 
     def info(self) -> dict[str, Any]:
         return {

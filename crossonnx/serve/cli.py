@@ -5,31 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 
-from crossonnx.errors import CrossOnnxError
+from crossonnx.encoder import DEFAULT_TOKEN_BUDGET
+from crossonnx.errors import install_command, require_module
+from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
+from crossonnx.serve.limits import ServeLimits
 
-SERVE_EXTRA_HINT = 'pip install "crossonnx[serve]"'
+SERVE_EXTRA_HINT = install_command("serve")
 
 
 def _require_serve_extra() -> None:
     """Fail with the install command when starlette, uvicorn or prometheus-client is missing."""
-    import importlib
-
-    missing = []
     for module, distribution in (("starlette", "starlette"), ("uvicorn", "uvicorn"),
                                  ("prometheus_client", "prometheus-client")):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(distribution)
-    if missing:
-        raise CrossOnnxError(f"crossonnx serve needs {', '.join(missing)}, which are not installed: {SERVE_EXTRA_HINT}")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+        require_module(module, "serve", distribution, "crossonnx serve")
 
 
 def _non_negative(text: str) -> int:
@@ -41,9 +29,8 @@ def _non_negative(text: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     _require_serve_extra()
-    from crossonnx.encoder import DEFAULT_TOKEN_BUDGET, CrossEncoder
+    from crossonnx.encoder import CrossEncoder
     from crossonnx.serve.app import create_app
-    from crossonnx.serve.limits import ServeLimits
     from crossonnx.serve.server import make_server
 
     level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
@@ -60,12 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         token_budget = args.token_budget or None  # 0: no token budget
     encoder = CrossEncoder(
-        args.model_dir,
-        precision=args.precision,
-        provider=args.provider,
-        max_length=args.max_length,
-        threads=args.threads,
-        token_budget=token_budget,
+        args.model_dir, **runtime_kwargs(args), max_length=args.max_length, token_budget=token_budget
     )
     if limits.max_texts_per_request > limits.max_queue_pairs:
         logging.getLogger("crossonnx.serve").warning(
@@ -84,25 +66,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a model over HTTP: TEI /rerank, Cohere /v1/rerank, /predict, /metrics (needs crossonnx[serve])",
         description="An HTTP rerank service with dynamic batching across requests. Needs: " + SERVE_EXTRA_HINT,
     )
-    p.add_argument("model_dir", help="an exported model folder")
+    add_runtime_args(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
-    p.add_argument("--provider", default="auto", help="auto, cpu, cuda or tensorrt (default auto)")
-    p.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: all CPUs)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
     p.add_argument("--token-budget", type=_non_negative, default=None,
-                   help="padded tokens per model call (default 2048; 0: no budget, 32 rows per call)")
-    p.add_argument("--max-batch-pairs", type=_positive, default=256,
-                   help="most pairs merged from queued requests into one model call (default 256)")
-    p.add_argument("--max-queue-pairs", type=_positive, default=4096,
-                   help="pairs waiting for the model beyond which requests get 429 (default 4096)")
-    p.add_argument("--max-texts-per-request", type=_positive, default=1000,
-                   help="texts, documents or pairs per request; more is a 413 (default 1000)")
-    p.add_argument("--max-text-chars", type=_positive, default=20_000,
-                   help="characters per text; longer is a 413 (default 20000)")
-    p.add_argument("--drain-timeout", type=float, default=30.0,
-                   help="seconds a SIGTERM/SIGINT waits for requests in flight (default 30)")
+                   help=f"padded tokens per model call (default {DEFAULT_TOKEN_BUDGET}; 0: no budget, 32 rows a call)")
+    defaults = ServeLimits()
+    p.add_argument("--max-batch-pairs", type=positive_int, default=defaults.max_batch_pairs,
+                   help="most pairs merged from queued requests into one model call (default %(default)s)")
+    p.add_argument("--max-queue-pairs", type=positive_int, default=defaults.max_queue_pairs,
+                   help="pairs waiting for the model beyond which requests get 429 (default %(default)s)")
+    p.add_argument("--max-texts-per-request", type=positive_int, default=defaults.max_texts_per_request,
+                   help="texts, documents or pairs per request; more is a 413 (default %(default)s)")
+    p.add_argument("--max-text-chars", type=positive_int, default=defaults.max_text_chars,
+                   help="characters per text; longer is a 413 (default %(default)s)")
+    p.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout,
+                   help="seconds a SIGTERM/SIGINT waits for requests in flight (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="log level (default info; debug adds the access log)")
     p.set_defaults(run=_run)

@@ -1,0 +1,115 @@
+"""The OpenVINO engine (the ``openvino`` extra): compiles a model folder's graph for the CPU with explicit hints.
+
+OpenVINO's CPU plugin runs bf16 by default wherever the CPU has bf16 (``INFERENCE_PRECISION_HINT``), so an
+unhinted "fp32" would silently be bf16. Here every precision states what it executes as: ``fp32`` is f32,
+``bf16`` is bf16 (refused on a CPU without bf16), and an exported precision's manifest entry may name its own
+hint (``details["inference_precision"]``, e.g. for the static int8 graph). The compiled model is cached
+(``CACHE_DIR``), so later processes start faster.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError, install_command, require_module
+from crossonnx.manifest import Manifest, check_file
+from crossonnx.paths import cache_root
+
+# precision -> (manifest entry it runs, OpenVINO inference precision unless the entry names its own)
+PRECISIONS: dict[str, tuple[str, str]] = {
+    "fp32": ("fp32", "f32"),
+    "bf16": ("bf16", "bf16"),
+    "int8-static": ("int8-static", "f32"),
+}
+INSTALL = install_command("openvino")
+
+
+def _openvino() -> Any:
+    return require_module("openvino", "openvino", "the OpenVINO engine (provider='openvino')")
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU can compute in (e.g. FP32, BF16, INT8)."""
+    return list(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def has_bf16() -> bool:
+    return "BF16" in cpu_capabilities()
+
+
+def executed_precision(compiled: Any) -> str:
+    """The inference precision the compiled model really runs (read back, not assumed)."""
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+
+
+class OpenVinoEngine:
+    """One compiled OpenVINO model on the CPU; one infer request per calling thread."""
+
+    provider = "openvino"
+
+    def __init__(self, compiled: Any, graph_file: str, config: dict[str, Any], version: str):
+        self._compiled = compiled
+        self.graph_file = graph_file
+        self.config = config
+        self.version = version
+        self.input_names = tuple(port.get_any_name() for port in compiled.inputs)
+        self._output = compiled.outputs[0]
+        self._local = threading.local()
+        self.executes = executed_precision(compiled)
+
+    @classmethod
+    def load(cls, model_dir: Path, manifest: Manifest, precision: str, *, threads: int) -> OpenVinoEngine:
+        if precision not in PRECISIONS:
+            raise PrecisionNotExportedError(
+                f"precision {precision!r} does not run on OpenVINO; it runs {', '.join(PRECISIONS)}. "
+                "Use provider='cpu' (ONNX Runtime) for fp16 and int8"
+            )
+        ov = _openvino()
+        entry_name, default_hint = PRECISIONS[precision]
+        entry = manifest.entry(entry_name)
+        hint = str(entry.details.get("inference_precision", default_hint))
+        if hint == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise ProviderUnavailableError(
+                f"precision {precision!r} needs a CPU with bf16 (AVX-512 BF16 or AMX); this one has none, and "
+                "crossonnx never falls back to fp32 silently. Use precision='fp32' (exact) or 'int8-static'"
+            )
+        path = check_file(model_dir, entry)
+        config = {
+            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_NUM_THREADS": int(threads),
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "CACHE_DIR": str(cache_root() / "openvino"),
+        }
+        core = ov.Core()
+        try:
+            compiled = core.compile_model(str(path), "CPU", config)
+        except RuntimeError as exc:
+            raise ProviderUnavailableError(
+                f"OpenVINO could not compile {path} ({str(exc).splitlines()[0]}). Use provider='cpu' "
+                f"(ONNX Runtime), or reinstall the extra: {INSTALL}"
+            ) from None
+        return cls(compiled, entry.file, config, ov.__version__)
+
+    def _request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return request
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        result = self._request().infer(feed)
+        return np.asarray(result[self._output], dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": "openvino",
+            "engine_version": self.version,
+            "graph": self.graph_file,
+            "provider_options": {k: v for k, v in self.config.items() if k != "CACHE_DIR"},
+            "executes": self.executes,
+        }
