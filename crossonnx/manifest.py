@@ -15,7 +15,7 @@ from typing import Any
 from crossonnx.errors import ModelFolderError, PrecisionNotExportedError
 
 MANIFEST_NAME = "crossonnx.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (int8-static's OpenVINO weights)
 ACTIVATIONS = ("sigmoid", "identity", "tanh", "softmax")
 # Every precision an export can write, and what it is. bf16 runs the fp32 graph with bf16 math on OpenVINO;
 # int8-static is NNCF's calibrated int8 for OpenVINO. Each engine states which of these it runs (crossonnx/engines).
@@ -52,6 +52,8 @@ class PrecisionEntry:
     bytes: int
     parity: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # files the graph needs beside ``file`` (an OpenVINO IR's .bin): name -> {"sha256", "bytes"}
+    extra_files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,16 +149,28 @@ def load_manifest(folder: str | Path) -> Manifest:
     return manifest
 
 
-def check_file(folder: Path, entry: PrecisionEntry, verify_checksum: bool = False) -> Path:
-    """Path of an entry's ONNX file after checking that it is there, whole, and (optionally) unchanged."""
-    path = Path(folder) / entry.file
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"sha256", "bytes"}`` of a file, as the manifest stores it."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _check_one(folder: Path, name: str, sha256: str, size: int, verify_checksum: bool) -> Path:
+    path = Path(folder) / name
     if not path.is_file():
-        raise ModelFolderError(f"{folder} is incomplete: {entry.file} is missing. {_fix_hint(Path(folder))}")
-    size = path.stat().st_size
-    if size != entry.bytes:
+        raise ModelFolderError(f"{folder} is incomplete: {name} is missing. {_fix_hint(Path(folder))}")
+    found = path.stat().st_size
+    if found != size:
         raise ModelFolderError(
-            f"{path} is corrupt: {size} bytes where the manifest says {entry.bytes}. {_fix_hint(Path(folder))}"
+            f"{path} is corrupt: {found} bytes where the manifest says {size}. {_fix_hint(Path(folder))}"
         )
-    if verify_checksum and sha256_file(path) != entry.sha256:
+    if verify_checksum and sha256_file(path) != sha256:
         raise ModelFolderError(f"{path} is corrupt: its sha256 does not match the manifest. {_fix_hint(Path(folder))}")
     return path
+
+
+def check_file(folder: Path, entry: PrecisionEntry, verify_checksum: bool = False) -> Path:
+    """Path of an entry's graph after checking that it (and its extra files) are there, whole, and (optionally)
+    unchanged."""
+    for name, record in entry.extra_files.items():
+        _check_one(folder, name, record["sha256"], int(record["bytes"]), verify_checksum)
+    return _check_one(folder, entry.file, entry.sha256, entry.bytes, verify_checksum)

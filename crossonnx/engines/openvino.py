@@ -3,7 +3,8 @@
 OpenVINO's CPU plugin runs bf16 by default wherever the CPU has bf16 (``INFERENCE_PRECISION_HINT``), so an
 unhinted "fp32" would silently be bf16. Here every precision states what it executes as: ``fp32`` is f32,
 ``bf16`` is bf16 (refused on a CPU without bf16), and an exported precision's manifest entry may name its own
-hint (``details["inference_precision"]``, e.g. for the static int8 graph). The compiled model is cached
+hint (``details["inference_precision"]``, e.g. for the static int8 graph) and compile options
+(``details["openvino_config"]``). The compiled model is cached
 (``CACHE_DIR``), so later processes start faster.
 """
 
@@ -84,6 +85,8 @@ class OpenVinoEngine:
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "CACHE_DIR": str(cache_root() / "openvino"),
+            # compile options the export validated this precision with (e.g. dynamic quantization settings)
+            **entry.details.get("openvino_config", {}),
         }
         core = ov.Core()
         try:
