@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -177,8 +178,7 @@ def main() -> None:
             ]
     stem = args.stem
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    command = "python benchmarks/throughput.py" + (" --issue-13" if args.issue_13 else "") + (
-        " --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
     (out / f"{stem}.md").write_text(throughput_markdown(doc, "Throughput", command), encoding="utf-8")
     throughput_plot(doc, out / f"{stem}.png")
     print(f"wrote {out}/{stem}.{{json,md,png}}")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.worker import ST_OPENVINO_FILE, ST_OPENVINO_QINT8_FILE
 from crossonnx.bench.workloads import WORKLOADS
 from crossonnx.metrics import spearman
 
@@ -107,7 +108,7 @@ def prepare_st_qint8(model: BenchModel, out: Path, peers_python: str) -> Path:
     return out
 
 
-ST_OPENVINO_FILES = ("openvino/openvino_model.xml", "openvino/openvino_model_qint8_quantized.xml")
+ST_OPENVINO_FILES = (ST_OPENVINO_FILE, ST_OPENVINO_QINT8_FILE)
 
 
 def prepare_st_openvino(model: BenchModel, out: Path, peers_openvino_python: str) -> Path:

@@ -78,14 +78,12 @@ def st_int8_file(folder: str) -> str:
     return str(found[0].relative_to(folder))
 
 
-def st_openvino(args: argparse.Namespace, file_name: str | None) -> Built:
+def st_openvino(args: argparse.Namespace, file_name: str) -> Built:
     """sentence-transformers backend="openvino" (optimum-intel) on the IR it exported itself (``--peer-dir``:
     prepare_st_openvino's folder); its defaults, but the thread count set explicitly."""
     from sentence_transformers import CrossEncoder
 
-    model_kwargs: dict[str, object] = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}}
-    if file_name:
-        model_kwargs["file_name"] = file_name
+    model_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}, "file_name": file_name}
     model = CrossEncoder(args.peer_dir, device="cpu", backend="openvino", local_files_only=True,
                          model_kwargs=model_kwargs)
     def score(pairs: list[Pair], batch: int) -> np.ndarray:
@@ -105,6 +103,7 @@ def openvino_precision(ov_model: object) -> str:
     return str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
 
 
+ST_OPENVINO_FILE = "openvino/openvino_model.xml"  # what CrossEncoder(..., backend="openvino").save_pretrained wrote
 ST_OPENVINO_QINT8_FILE = "openvino/openvino_model_qint8_quantized.xml"  # export_static_quantized_openvino_model
 
 
@@ -113,7 +112,10 @@ def crossonnx_runtime(args: argparse.Namespace, provider: str, precision: str) -
     from crossonnx import CrossEncoder
 
     model = CrossEncoder(args.model_dir, precision=precision, provider=provider, threads=args.threads)
-    return (lambda pairs, batch: model.predict(pairs, batch_size=batch)), model.info()["executes"]
+    executes = model.info()["executes"]  # OpenVINO: its inference precision; ONNX Runtime: the graph's own
+    if executes.startswith("as stored"):
+        executes = f"{precision} ({executes})"
+    return (lambda pairs, batch: model.predict(pairs, batch_size=batch)), executes
 
 
 def fastembed_engine(args: argparse.Namespace) -> Scorer:
@@ -165,7 +167,7 @@ NAMED_ENGINES: dict[str, Callable[[argparse.Namespace], Built]] = {
     "st-torch-bf16": lambda a: (st_torch(a, "bf16"), "bf16"),
     "st-onnx": lambda a: (st_onnx(a, "model.onnx"), "fp32"),
     "st-onnx-qint8": lambda a: (st_onnx(a, st_int8_file(a.peer_dir)), "int8 (dynamic)"),
-    "st-openvino": lambda a: st_openvino(a, None),
+    "st-openvino": lambda a: st_openvino(a, ST_OPENVINO_FILE),
     "st-openvino-qint8": lambda a: st_openvino(a, ST_OPENVINO_QINT8_FILE),
     "fastembed": lambda a: (fastembed_engine(a), "fp32"),
     "flashrank-style": lambda a: (flashrank_style(a), "fp32"),
