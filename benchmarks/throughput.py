@@ -48,9 +48,11 @@ from crossonnx.bench.throughput import (
     run_latency,
     run_matrix,
 )
+from crossonnx.bench.worker import check_engine, crossonnx_variant
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
 from crossonnx.checkpoints.synthetic import build_seed_shape
 from crossonnx.exporter.pipeline import export_model
+from crossonnx.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["ms-marco-TinyBERT-L-2", "ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-base"]
@@ -95,6 +97,9 @@ def prepare(names: list[str], work: Path, peers_python: str | None, peers_openvi
             gates = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]  # random weights: export/PARITY.md
         if not (out / "crossonnx.json").is_file():
             export_model(str(checkpoint), out=out, gate_overrides=gates)
+        wanted = {variant[1] for e in engines if (variant := crossonnx_variant(e))}
+        if missing := sorted(wanted - set(load_manifest(out).precisions)):
+            print(f"note: {out} has no {', '.join(missing)} (reported as not run); delete it to re-export")
         model = BenchModel(name=name, checkpoint=checkpoint, export_dir=out, real_weights=real)
         model.peer_dir = make_peer_dir(model, work / "peer" / name)
         if peers_python and "st-onnx-qint8" in engines:
@@ -151,6 +156,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     names = args.models.split(",")
     engines = args.engines.split(",")
+    for engine in engines:
+        try:
+            check_engine(engine)
+        except ValueError as exc:
+            parser.error(str(exc))
     models = prepare(names, work, peers, peers_openvino, engines)
     doc = {"environment": environment(), "peers_versions": peers_versions(peers, ONNX_PEERS),
            "peers_openvino_versions": peers_versions(peers_openvino, OPENVINO_PEERS), "throughput": {"results": []}}

@@ -258,14 +258,18 @@ def throughput_plot(doc: dict[str, Any], out: Path, workload: str = "query-passa
     for i, engine in enumerate(engines):
         values = [next((r["x_torch_fp32"] for r in rows if r["model"] == m and r["engine"] == engine), math.nan)
                   for m in models]
-        bars = ax.bar([j + i * width for j in range(len(models))], values, width, label=engine)
+        executes = next((r.get("executes") for r in rows if r["engine"] == engine), None)
+        label = f"{engine} ({executes})" if "openvino" in engine and executes else engine  # what OpenVINO ran
+        bars = ax.bar([j + i * width for j in range(len(models))], values, width, label=label)
         labels = ["not run" if math.isnan(v) else f"{v:.2f}" for v in values]
         ax.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, fontsize=8)
     ax.set_ylabel("throughput / sentence-transformers PyTorch fp32")
     ax.set_title(f"{workload}: end-to-end pairs/s relative to PyTorch fp32 ({doc['config']['threads']} threads)")
-    ax.legend(fontsize=7, ncol=3)
+    top = max((r["x_torch_fp32"] for r in rows), default=1.0)
+    ax.set_ylim(0, top * 1.2)  # room for the bar labels
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     fig.savefig(out, dpi=130)
     plt.close(fig)
