@@ -117,10 +117,14 @@ def prepare_st_openvino(model: BenchModel, out: Path, peers_openvino_python: str
     - ``CrossEncoder(checkpoint, backend="openvino")`` exports the checkpoint to OpenVINO IR through optimum-intel
       into a temporary folder on every load (nothing is cached); ``save_pretrained`` keeps it, as
       ``openvino/openvino_model.xml`` beside the checkpoint's files, which later loads read without exporting.
-    - ``export_static_quantized_openvino_model`` with its defaults (``OVQuantizationConfig()``: 300 samples, each
-      padded to 384 tokens) writes ``openvino/openvino_model_qint8_quantized.xml``. Its default calibration set,
-      the Hub's glue/sst2 sentences, is not reachable offline, so the same number of single sentences come from
-      STSb train, as a local dataset folder (``calibration_dataset``) passed the way the function takes one.
+    - ``export_static_quantized_openvino_model`` with its defaults writes
+      ``openvino/openvino_model_qint8_quantized.xml``: single sentences, each padded to 384 tokens, and
+      ``OVQuantizationConfig()``. Read from the code of sentence-transformers 6.2 / optimum-intel 2.2 (its docs
+      say 300 samples): that config has ``num_samples=None``, so the whole calibration set is tokenized and NNCF
+      calibrates on ``subset_size = num_samples or 128`` = 128 of them (SmoothQuant and fast bias correction, as
+      ``model_type="transformer"`` sets them). Its default set, the Hub's glue/sst2 sentences, is not reachable
+      offline, so STSb train sentences stand in, as a local dataset folder (``calibration_dataset``) passed the way
+      the function takes one (dataset name, config, split and column).
     """
     if all((out / name).is_file() for name in ST_OPENVINO_FILES):
         return out
@@ -147,8 +151,8 @@ CALIBRATION_CONFIG = "stsb-train-sentences"
 
 def calibration_dataset(folder: Path, sentences: int = 1000, seed: int = 0) -> Path:
     """A local Hugging Face dataset folder (train.csv, column ``sentence``; config named in README.md) of STSb
-    train sentences: what export_static_quantized_openvino_model samples its 300 calibration sentences from in
-    place of glue/sst2."""
+    train sentences: what export_static_quantized_openvino_model draws its calibration sentences from in place of
+    glue/sst2."""
     import csv
     import random
 

@@ -86,6 +86,7 @@ def st_openvino(args: argparse.Namespace, file_name: str) -> Built:
     model_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}, "file_name": file_name}
     model = CrossEncoder(args.peer_dir, device="cpu", backend="openvino", local_files_only=True,
                          model_kwargs=model_kwargs)
+
     def score(pairs: list[Pair], batch: int) -> np.ndarray:
         return np.asarray(model.predict(pairs, batch_size=batch, show_progress_bar=False))
 
@@ -175,10 +176,10 @@ NAMED_ENGINES: dict[str, Callable[[argparse.Namespace], Built]] = {
 # crossonnx engines are named crossonnx[-PROVIDER]-PRECISION: no provider is ONNX Runtime's CPU provider, as in
 # crossonnx-int8; crossonnx-openvino-bf16 is the OpenVINO engine. Kept in step with crossonnx.engines.PROVIDERS and
 # crossonnx.manifest.PRECISIONS (a test checks), since this module imports nothing from crossonnx.
-CROSSONNX_PROVIDERS = ("cpu", "openvino", "cuda", "tensorrt")
+NAMED_PROVIDERS = ("openvino", "cuda", "tensorrt")  # besides "cpu", which a name leaves out
 CROSSONNX_PRECISIONS = ("fp32", "fp16", "int8", "bf16", "int8-static")
 ENGINE_FORMS = (f"{', '.join(NAMED_ENGINES)}, or crossonnx[-PROVIDER]-PRECISION with PROVIDER one of "
-                f"{', '.join(CROSSONNX_PROVIDERS[1:])} (none: ONNX Runtime CPU) and PRECISION one of "
+                f"{', '.join(NAMED_PROVIDERS)} (none: ONNX Runtime CPU) and PRECISION one of "
                 f"{', '.join(CROSSONNX_PRECISIONS)}")
 
 
@@ -189,7 +190,7 @@ def crossonnx_variant(engine: str) -> tuple[str, str] | None:
         return None
     rest = engine.removeprefix("crossonnx-")
     provider, _, precision = rest.partition("-")
-    if provider not in CROSSONNX_PROVIDERS[1:]:
+    if provider not in NAMED_PROVIDERS:
         provider, precision = "cpu", rest
     if precision not in CROSSONNX_PRECISIONS:
         raise ValueError(f"unknown engine {engine!r}: precision {precision!r} is not one of "
@@ -203,7 +204,7 @@ def engine_name(provider: str, precision: str) -> str:
 
 
 def check_engine(engine: str) -> str:
-    """The name itself when it is a known engine; else ValueError listing the forms (argparse's type=)."""
+    """The name itself when it is a known engine; else ValueError listing the engines and the crossonnx form."""
     if engine not in NAMED_ENGINES and crossonnx_variant(engine) is None:
         raise ValueError(f"unknown engine {engine!r}. Engines: {ENGINE_FORMS}")
     return engine
@@ -236,7 +237,7 @@ def main() -> None:
     parser.add_argument("--engine", required=True, help=f"one of: {ENGINE_FORMS}")
     parser.add_argument("--model-dir", help="crossonnx export folder")
     parser.add_argument("--checkpoint", help="Hugging Face checkpoint folder (PyTorch engines)")
-    parser.add_argument("--peer-dir", help="folder laid out for sentence-transformers onnx / fastembed")
+    parser.add_argument("--peer-dir", help="folder laid out for sentence-transformers onnx / openvino, fastembed")
     parser.add_argument("--pairs", required=True, help="JSON file: list of [a, b]")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
