@@ -3,6 +3,13 @@
     python benchmarks/accuracy.py                        # the project's reference cross-encoder (offline)
     python benchmarks/accuracy.py --model stsb-roberta-base   # any models.yaml entry, for users with the Hub
 
+Engines: sentence-transformers on PyTorch fp32 (the reference) and bf16; every crossonnx (provider, precision) the
+export holds (ONNX Runtime fp32 / fp16 / int8, OpenVINO fp32 and, where exported, bf16 / int8-static); the int8
+baseline crossonnx's int8 replaced (``crossonnx-int8-plain``, its own model folder: crossonnx/bench/int8_baseline.py);
+and, with the OpenVINO peers' environment (bash benchmarks/setup_peers_openvino.sh), sentence-transformers'
+``backend="openvino"`` and its static int8 (``st-openvino``, ``st-openvino-qint8``; prepared as in the throughput
+benchmark).
+
 Columns: STSb test Spearman x100 (the metric the seed model cards publish), agreement with PyTorch fp32 (max and
 mean abs score difference, Spearman of the scores), top-10 / top-1 agreement of rank() over 100 candidate lists
 (each STSb test sentence against its partner and 99 other test sentences), and end-to-end speed on STSb pairs
@@ -16,37 +23,35 @@ import json
 import tempfile
 from pathlib import Path
 
-from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer
+from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer, worker_scorer
+from crossonnx.bench.int8_baseline import plain_int8_folder
 from crossonnx.bench.machine import describe_cpu
-from crossonnx.bench.throughput import BenchConfig, BenchModel, environment, run_matrix
+from crossonnx.bench.throughput import (
+    OPENVINO_PEER_ENGINES,
+    BenchConfig,
+    BenchModel,
+    environment,
+    prepare_st_openvino,
+    run_matrix,
+)
+from crossonnx.bench.worker import crossonnx_variant, engine_name
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
+from crossonnx.engines import OPENVINO_PRECISIONS, openvino_installed
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.exporter.source import resolve_source
 from crossonnx.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_OF = {"torch-fp32": "st-torch-fp32", "torch-bf16": "st-torch-bf16", "crossonnx-fp32": "crossonnx-fp32",
-             "crossonnx-fp16": "crossonnx-fp16", "crossonnx-int8": "crossonnx-int8",
-             "crossonnx-int8-plain": "crossonnx-int8-plain"}
-PLAIN_INT8 = "int8-plain"
+TORCH = {"torch-fp32": "st-torch-fp32", "torch-bf16": "st-torch-bf16"}  # report name -> worker engine
+BASELINE = "crossonnx-int8-plain"  # the int8 baseline, run as crossonnx-int8 on its own folder
 
 
-def add_plain_int8(export_dir: Path) -> None:
-    """Add the baseline crossonnx's int8 replaced: ORT dynamic int8 on every MatMul (per-channel, 7-bit), no
-    [CLS] split, no fp32 MatMuls; built from the unfused graph the folder keeps (exported with --tensorrt)."""
-    from crossonnx.exporter.quantize import Int8Plan, write_int8
-    from crossonnx.manifest import UNFUSED_GRAPH, sha256_file
-
-    manifest_path = export_dir / "crossonnx.json"
-    doc = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if PLAIN_INT8 in doc["precisions"]:
-        return
-    out = export_dir / "model_int8_plain.onnx"
-    plan = Int8Plan(first_position_fp32=False)
-    write_int8(export_dir / doc["precisions"][UNFUSED_GRAPH]["file"], out, plan)
-    doc["precisions"][PLAIN_INT8] = {"file": out.name, "sha256": sha256_file(out), "bytes": out.stat().st_size,
-                                     "details": {"plan": "plain dynamic int8 (baseline)"}, "parity": {}}
-    manifest_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+def crossonnx_engines(manifest_precisions: list[str]) -> list[str]:
+    """Every (provider, precision) this export runs: ONNX Runtime CPU for its precisions, OpenVINO for its own."""
+    engines = [engine_name("cpu", p) for p in manifest_precisions if p in ("fp32", "fp16", "int8")]
+    if openvino_installed():
+        engines += [engine_name("openvino", p) for p in OPENVINO_PRECISIONS if p in manifest_precisions]
+    return engines
 
 
 def main() -> None:
@@ -57,6 +62,9 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / ".cache/accuracy"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     parser.add_argument("--no-bf16", action="store_true", help="skip PyTorch bf16 (slow on CPUs without bf16)")
+    parser.add_argument("--peers-openvino-python", default=str(ROOT / ".cache/peers-openvino-venv/bin/python"),
+                        help="benchmarks/setup_peers_openvino.sh's Python (st-openvino, st-openvino-qint8)")
+    parser.add_argument("--engines", help="comma-separated subset of the engines above (default: all)")
     args = parser.parse_args()
 
     if args.model == "reference":
@@ -64,28 +72,52 @@ def main() -> None:
     else:
         source = resolve_source(args.model)
         checkpoint, name = source.path, source.name
-    export_dir = Path(args.work) / name
+    work = Path(args.work)
+    export_dir = work / name
     if not (export_dir / "crossonnx.json").is_file():
         export_model(str(checkpoint), out=export_dir, tensorrt=True)
-    add_plain_int8(export_dir)
+    baseline_dir = plain_int8_folder(export_dir, work / f"{name}-int8-plain")
     manifest = load_manifest(export_dir)
+    peers_openvino = args.peers_openvino_python if Path(args.peers_openvino_python).is_file() else None
+    model = BenchModel(name=name, checkpoint=Path(checkpoint), export_dir=export_dir)
+    baseline = BenchModel(name=f"{name} (int8 baseline)", checkpoint=Path(checkpoint), export_dir=baseline_dir)
+    if peers_openvino:
+        model.st_openvino_dir = prepare_st_openvino(model, work / "st-openvino" / name, peers_openvino)
+    config = BenchConfig(threads=args.threads, reps=1, min_seconds=0.0, peers_openvino_python=peers_openvino)
 
-    scorers = {"torch-fp32": torch_scorer(checkpoint, "fp32", args.threads)}
-    if not args.no_bf16:
-        scorers["torch-bf16"] = torch_scorer(checkpoint, "bf16", args.threads)
-    for precision in ("fp32", "fp16", "int8", PLAIN_INT8):
-        scorers[f"crossonnx-{precision}"] = crossonnx_scorer(export_dir, precision, args.threads)
+    names = ["torch-fp32", *([] if args.no_bf16 else ["torch-bf16"]), *crossonnx_engines(list(manifest.precisions)),
+             BASELINE, *(OPENVINO_PEER_ENGINES if peers_openvino else ())]
+    if args.engines:
+        wanted = {"torch-fp32", *args.engines.split(",")}
+        names = [n for n in names if n in wanted]
+    scorers = {}
+    for engine in names:
+        if engine in TORCH:
+            scorers[engine] = torch_scorer(checkpoint, engine.removeprefix("torch-"), args.threads)
+        elif engine == BASELINE:
+            scorers[engine] = crossonnx_scorer(baseline_dir, "int8", args.threads)
+        elif engine in OPENVINO_PEER_ENGINES:
+            scorers[engine] = worker_scorer(engine, model, config)
+        else:
+            provider, precision = crossonnx_variant(engine)
+            scorers[engine] = crossonnx_scorer(export_dir, precision, args.threads, provider)
     rows = evaluate(scorers, queries=args.queries)
 
-    config = BenchConfig(threads=args.threads, reps=5, pairs={"sentence-pairs": 512})
-    model = BenchModel(name=name, checkpoint=Path(checkpoint), export_dir=export_dir)
+    speed_config = BenchConfig(threads=args.threads, reps=5, pairs={"sentence-pairs": 512},
+                               peers_openvino_python=peers_openvino)
     with tempfile.TemporaryDirectory() as tmp:
-        speed = run_matrix([model], [ENGINE_OF[r["engine"]] for r in rows], ["sentence-pairs"], config, Path(tmp))
-    by_engine = {r["engine"]: r for r in speed["results"]}
+        speed = run_matrix([model], [TORCH.get(n, n) for n in names if n != BASELINE], ["sentence-pairs"],
+                           speed_config, Path(tmp))["results"]
+        if BASELINE in names:
+            speed += [{**r, "engine": BASELINE} for r in run_matrix(
+                [baseline], ["crossonnx-int8"], ["sentence-pairs"], speed_config, Path(tmp))["results"]]
+    by_engine = {r["engine"]: r for r in speed}
+    torch_rate = by_engine.get("st-torch-fp32", {}).get("pairs_per_s")
     for row in rows:
-        measured = by_engine.get(ENGINE_OF[row["engine"]], {})
+        measured = by_engine.get(TORCH.get(row["engine"], row["engine"]), {})
+        row["executes"] = measured.get("executes")
         row["pairs_per_s"] = measured.get("pairs_per_s")
-        row["x_torch_fp32"] = measured.get("x_torch_fp32")
+        row["x_torch_fp32"] = row["pairs_per_s"] / torch_rate if row["pairs_per_s"] and torch_rate else None
 
     env = environment()
     doc = {"environment": env, "model": name, "checkpoint": str(checkpoint), "manifest_int8": (
@@ -113,18 +145,21 @@ def markdown(doc: dict, args: argparse.Namespace) -> str:
         f"with PyTorch fp32 over {args.queries} rank() calls of 100 candidates. Speed: end-to-end pairs/s on 512 "
         f"STSb pairs, batch 32, {args.threads} threads, each engine in its own process. `crossonnx-int8-plain` is "
         "the baseline the exporter's int8 replaced: ONNX Runtime dynamic int8 on every MatMul (per-channel, 7-bit "
-        "weights) with no [CLS]-row split and no fp32 MatMuls; it is not shipped.",
+        "weights) with no [CLS]-row split and no fp32 MatMuls; it is not shipped. `executes`: the precision the "
+        "engine reported it ran (OpenVINO: read back from the compiled model; it defaults to bf16 on CPUs with "
+        "bf16).",
         "",
-        "| engine | STSb Spearman x100 | Δ vs fp32 | max abs diff | mean abs diff | Spearman vs fp32 "
+        "| engine | executes | STSb Spearman x100 | Δ vs fp32 | max abs diff | mean abs diff | Spearman vs fp32 "
         "| top-10 agree | top-1 agree | pairs/s | x torch fp32 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = doc["results"][0]["stsb_test_spearman_x100"]
     for r in doc["results"]:
         speed = f"{r['pairs_per_s']:.0f}" if r.get("pairs_per_s") else "–"
         ratio = f"{r['x_torch_fp32']:.2f}" if r.get("x_torch_fp32") else "–"
         lines.append(
-            f"| {r['engine']} | {r['stsb_test_spearman_x100']:.2f} | {r['stsb_test_spearman_x100'] - base:+.2f} "
+            f"| {r['engine']} | {r.get('executes') or '–'} | {r['stsb_test_spearman_x100']:.2f} "
+            f"| {r['stsb_test_spearman_x100'] - base:+.2f} "
             f"| {r['max_abs_diff_vs_fp32']:.1e} | {r['mean_abs_diff_vs_fp32']:.1e} | {r['spearman_vs_fp32']:.5f} "
             f"| {r['top10_agreement']:.3f} | {r['top1_agreement']:.3f} | {speed} | {ratio} |"
         )

@@ -128,14 +128,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer
+    from crossonnx.bench.worker import engine_name
+    from crossonnx.engines import OPENVINO_ONLY
     from crossonnx.manifest import load_manifest
 
     threads = args.threads or 2
     scorers = {}
     if args.checkpoint:
         scorers["torch-fp32"] = torch_scorer(Path(args.checkpoint), "fp32", threads)
-    for precision in load_manifest(args.model_dir).precisions:
-        scorers[f"crossonnx-{precision}"] = crossonnx_scorer(Path(args.model_dir), precision, threads)
+    for precision in load_manifest(args.model_dir).precisions:  # OpenVINO's own precisions on OpenVINO
+        provider = "openvino" if precision in OPENVINO_ONLY else "cpu"
+        scorers[engine_name(provider, precision)] = crossonnx_scorer(Path(args.model_dir), precision, threads, provider)
     reference = "torch-fp32" if args.checkpoint else next(iter(scorers))
     rows = evaluate(scorers, reference=reference, queries=args.queries, log=lambda m: print(m, file=sys.stderr))
     print(f"agreement against {reference}; STSb test: 1379 pairs; rank: {args.queries} lists of 100 candidates")

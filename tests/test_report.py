@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crossonnx.bench.report import target_checks, targets_markdown
+from crossonnx.bench.report import issue13_checks, issue13_markdown, target_checks, targets_markdown
 
 
 def _row(engine: str, rate: float, **extra: float) -> dict:
@@ -34,3 +34,40 @@ def test_targets_met_and_missed_are_reported_with_margin() -> None:
     assert checks["peak RSS crossonnx-int8 / torch fp32 (query-passage run)"]["met"]
     text = "\n".join(targets_markdown(list(checks.values())))
     assert "**no** (by 5.0%)" in text.split("fastest peer")[0] and "**no** (by 5.0%)" in text.split("fastest peer")[1]
+
+
+def test_issue13_tiers_pick_the_fastest_qualifying_variant_and_say_by_how_much() -> None:
+    doc = {"throughput": {"results": [
+        _row("st-torch-fp32", 30.0, executes="fp32"),
+        _row("st-torch-bf16", 80.0, executes="bf16", spearman_vs_torch_fp32=0.99995, max_abs_diff_vs_torch_fp32=6e-3),
+        _row("st-openvino", 110.0, executes="bfloat16"),
+        _row("st-openvino-qint8", 150.0, executes="bfloat16"),
+        _row("crossonnx-int8", 160.0, spearman_vs_torch_fp32=0.9986, max_abs_diff_vs_torch_fp32=0.026),
+        _row("crossonnx-openvino-fp32", 95.0, executes="float32", spearman_vs_torch_fp32=1.0,
+             max_abs_diff_vs_torch_fp32=4e-7),
+        _row("crossonnx-openvino-bf16", 150.0, executes="bfloat16", spearman_vs_torch_fp32=0.99993,
+             max_abs_diff_vs_torch_fp32=0.004),
+        _row("crossonnx-openvino-int8-static", 210.0, executes="float32", spearman_vs_torch_fp32=0.9993,
+             max_abs_diff_vs_torch_fp32=0.03),
+    ]}}
+    checks = {c["target"]: c for c in issue13_checks(doc)}
+    faithful = checks["faithful tier / st-openvino"]
+    assert faithful["engine"] == "crossonnx-openvino-bf16" and faithful["met"]  # 150/110 = 1.36
+    bf16 = checks["faithful tier / torch bf16"]
+    assert not bf16["met"] and abs(bf16["measured"] - 1.875) < 1e-9
+    fast = checks["fast tier / st-openvino-qint8"]  # int8 (0.9986) does not qualify; int8-static does
+    assert fast["engine"] == "crossonnx-openvino-int8-static" and fast["met"]
+    assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"]
+    text = "\n".join(issue13_markdown(list(checks.values()), doc))
+    assert "crossonnx-openvino-bf16 (bfloat16) | 1.88x | >= 2x | **no** (by 6.2%)" in text
+
+
+def test_issue13_says_when_no_variant_qualifies_or_a_peer_is_missing() -> None:
+    doc = {"throughput": {"results": [
+        _row("st-openvino", 110.0),
+        _row("crossonnx-int8", 160.0, spearman_vs_torch_fp32=0.9986, max_abs_diff_vs_torch_fp32=0.026),
+    ]}}
+    checks = {c["target"]: c for c in issue13_checks(doc)}
+    assert checks["faithful tier / st-openvino"]["met"] is False
+    assert "no crossonnx variant has Spearman >= 0.9999" in checks["faithful tier / st-openvino"]["why"]
+    assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"] is None

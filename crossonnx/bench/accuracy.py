@@ -1,12 +1,16 @@
 """Accuracy per precision on real data: STSb test Spearman, agreement with PyTorch fp32, rank top-10 agreement.
 
-PyTorch engines go through sentence-transformers (what users run); crossonnx engines through the runtime.
-Scores for every engine are taken on the same pairs in the same order.
+PyTorch engines go through sentence-transformers (what users run); crossonnx engines through the runtime, on any
+(provider, precision); engines of another environment (sentence-transformers' OpenVINO backend) through the
+benchmark worker in that environment (``worker_scorer``). Scores for every engine are taken on the same pairs in the
+same order.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,11 +48,28 @@ def torch_scorer(checkpoint: Path, dtype: str, threads: int) -> Scorer:
     return lambda pairs: np.asarray(model.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float64)
 
 
-def crossonnx_scorer(export_dir: Path, precision: str, threads: int) -> Scorer:
+def crossonnx_scorer(export_dir: Path, precision: str, threads: int, provider: str = "cpu") -> Scorer:
     from crossonnx import CrossEncoder
 
-    model = CrossEncoder(export_dir, precision=precision, provider="cpu", threads=threads)
+    model = CrossEncoder(export_dir, precision=precision, provider=provider, threads=threads)
     return lambda pairs: np.asarray(model.predict(pairs, batch_size=32), dtype=np.float64)
+
+
+def worker_scorer(engine: str, model: Any, config: Any) -> Scorer:
+    """Scores from the benchmark worker (``crossonnx.bench.throughput.run_engine``: a fresh process, in the
+    engine's own environment), one untimed pass per call; ``model`` a BenchModel, ``config`` a BenchConfig."""
+    from crossonnx.bench.throughput import run_engine
+
+    def score(pairs: list[Pair]) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as tmp:
+            pairs_file, scores_file = Path(tmp) / "pairs.json", Path(tmp) / "scores.json"
+            pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
+            result = run_engine(engine, model, pairs_file, config, scores_file)
+            if "error" in result:
+                raise RuntimeError(f"{engine} could not score: {result['error']}")
+            return np.asarray(json.loads(scores_file.read_text(encoding="utf-8")), dtype=np.float64)
+
+    return score
 
 
 def evaluate(scorers: dict[str, Scorer], reference: str = "torch-fp32", queries: int = 100,

@@ -11,8 +11,12 @@ INTERESTING_FLAGS = (
     "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
 )
 LIBRARIES = (
-    "crossonnx", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "sentence-transformers", "onnx",
+    "crossonnx", "numpy", "onnxruntime", "openvino", "tokenizers", "torch", "transformers", "sentence-transformers",
+    "onnx",
 )
+# The flags that decide which bf16 and int8 kernels run (OpenVINO defaults to bf16 where the CPU has bf16)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_info() -> dict[str, object]:
@@ -39,6 +43,24 @@ def cpu_info() -> dict[str, object]:
         "simd": [flag for flag in INTERESTING_FLAGS if flag in flags],
         "no_simd": [flag for flag in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
                     if flag not in flags],
+        "bf16": {flag: flag in flags for flag in BF16_FLAGS},
+        "int8": {flag: flag in flags for flag in INT8_FLAGS},
+        "openvino": openvino_cpu(),
+    }
+
+
+def openvino_cpu() -> dict[str, object] | None:
+    """What OpenVINO's CPU plugin says of this CPU: its capabilities and the precision it runs by default."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    hint = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return {
+        "version": ov.__version__.split("-")[0],
+        "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "default_inference_precision": hint.removeprefix("<Type: '").removesuffix("'>"),
     }
 
 
@@ -53,5 +75,13 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 
 def describe_cpu(info: dict[str, object]) -> str:
-    return (f"{info['model']} ({info['machine']}, {info['cpus']} CPUs); SIMD: {' '.join(info['simd'])}; "
+    text = (f"{info['model']} ({info['machine']}, {info['cpus']} CPUs); SIMD: {' '.join(info['simd'])}; "
             f"absent: {' '.join(info['no_simd'])}")
+    for kind in ("bf16", "int8"):
+        if kind in info:
+            text += f"; {kind}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info[kind].items())
+    ov = info.get("openvino")
+    if ov:
+        text += (f"; OpenVINO {ov['version']} CPU capabilities {' '.join(ov['capabilities'])}, runs "
+                 f"{ov['default_inference_precision']} unless told otherwise")
+    return text

@@ -1,8 +1,9 @@
-"""Throughput, latency, cold start and memory of crossonnx against PyTorch and the ONNX peers, side by side.
+"""Throughput, latency, cold start and memory of crossonnx against PyTorch and the ONNX / OpenVINO peers.
 
 Each (engine, model, workload) runs in a fresh process (engines never share a process or thread pool), with the
 same thread count, a warm-up that is not counted, and several timed passes whose median is reported. Ratios are
-taken against sentence-transformers on PyTorch fp32 measured in the same run.
+taken against sentence-transformers on PyTorch fp32 measured in the same run. Engine names: see
+crossonnx/bench/worker.py (the peers by name, crossonnx variants as ``crossonnx[-PROVIDER]-PRECISION``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ from typing import Any
 import numpy as np
 
 from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.worker import ST_OPENVINO_FILE, ST_OPENVINO_QINT8_FILE
 from crossonnx.bench.workloads import WORKLOADS
 from crossonnx.metrics import spearman
 
 WORKER = Path(__file__).with_name("worker.py")
 TORCH_ENGINES = ("st-torch-fp32", "st-torch-bf16")
 PEER_ENGINES = ("st-onnx", "st-onnx-qint8", "fastembed")  # run with the peers' Python (their own environment)
-CROSSONNX_ENGINES = ("crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8")
-ALL_ENGINES = (*TORCH_ENGINES, *PEER_ENGINES, "flashrank-style", *CROSSONNX_ENGINES)
+# sentence-transformers 6 + optimum-intel: run with the OpenVINO peers' Python (benchmarks/setup_peers_openvino.sh)
+OPENVINO_PEER_ENGINES = ("st-openvino", "st-openvino-qint8")
+CROSSONNX_ENGINES = ("crossonnx-fp32", "crossonnx-fp16", "crossonnx-int8")  # ONNX Runtime CPU
+CROSSONNX_OPENVINO_ENGINES = ("crossonnx-openvino-fp32", "crossonnx-openvino-bf16", "crossonnx-openvino-int8-static")
+ALL_ENGINES = (*TORCH_ENGINES, *PEER_ENGINES, *OPENVINO_PEER_ENGINES, "flashrank-style", *CROSSONNX_ENGINES,
+               *CROSSONNX_OPENVINO_ENGINES)
+CHECKPOINT_ENGINES = (*TORCH_ENGINES, *PEER_ENGINES, *OPENVINO_PEER_ENGINES)
 REFERENCE_ENGINE = "st-torch-fp32"
 
 
@@ -41,6 +48,7 @@ class BenchModel:
     export_dir: Path
     peer_dir: Path | None = None  # checkpoint files + our fp32 graph as model.onnx
     st_int8_dir: Path | None = None  # sentence-transformers' own export + its avx2 int8 file
+    st_openvino_dir: Path | None = None  # sentence-transformers' own OpenVINO IR + its static int8 IR
     real_weights: bool = False
 
 
@@ -54,6 +62,7 @@ class BenchConfig:
     latency_calls: int = 0
     reps_for: dict[str, int] = field(default_factory=dict)  # per-engine override of reps
     peers_python: str | None = None
+    peers_openvino_python: str | None = None
     timeout_s: int = 1800
 
 
@@ -99,10 +108,86 @@ def prepare_st_qint8(model: BenchModel, out: Path, peers_python: str) -> Path:
     return out
 
 
+ST_OPENVINO_FILES = (ST_OPENVINO_FILE, ST_OPENVINO_QINT8_FILE)
+
+
+def prepare_st_openvino(model: BenchModel, out: Path, peers_openvino_python: str) -> Path:
+    """sentence-transformers' own OpenVINO path, exported once here so that no timed run exports:
+
+    - ``CrossEncoder(checkpoint, backend="openvino")`` exports the checkpoint to OpenVINO IR through optimum-intel
+      into a temporary folder on every load (nothing is cached); ``save_pretrained`` keeps it, as
+      ``openvino/openvino_model.xml`` beside the checkpoint's files, which later loads read without exporting.
+    - ``export_static_quantized_openvino_model`` with its defaults writes
+      ``openvino/openvino_model_qint8_quantized.xml``: single sentences, each padded to 384 tokens, and
+      ``OVQuantizationConfig()``. Read from the code of sentence-transformers 6.2 / optimum-intel 2.2 (its docs
+      say 300 samples): that config has ``num_samples=None``, so the whole calibration set is tokenized and NNCF
+      calibrates on ``subset_size = num_samples or 128`` = 128 of them (SmoothQuant and fast bias correction, as
+      ``model_type="transformer"`` sets them). Its default set, the Hub's glue/sst2 sentences, is not reachable
+      offline, so STSb train sentences stand in, as a local dataset folder (``calibration_dataset``) passed the way
+      the function takes one (dataset name, config, split and column).
+    """
+    if all((out / name).is_file() for name in ST_OPENVINO_FILES):
+        return out
+    calibration = calibration_dataset(out.parent / f"{out.name}-calibration")
+    script = (
+        "import sys\n"
+        "from optimum.intel import OVQuantizationConfig\n"
+        "from sentence_transformers import CrossEncoder, export_static_quantized_openvino_model\n"
+        "m = CrossEncoder(sys.argv[1], backend='openvino', local_files_only=True)\n"
+        "m.save_pretrained(sys.argv[2])\n"
+        "export_static_quantized_openvino_model(m, OVQuantizationConfig(), sys.argv[2], dataset_name=sys.argv[3],\n"
+        "    dataset_config_name=CONFIG, dataset_split='train', column_name='sentence')\n"
+    ).replace("CONFIG", repr(CALIBRATION_CONFIG))
+    done = subprocess.run([peers_openvino_python, "-c", script, str(model.checkpoint), str(out), str(calibration)],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    if done.returncode != 0 or not all((out / name).is_file() for name in ST_OPENVINO_FILES):
+        raise RuntimeError(f"sentence-transformers OpenVINO export failed: {done.stderr.strip()[-800:]}")
+    return out
+
+
+CALIBRATION_CONFIG = "stsb-train-sentences"
+
+
+def calibration_dataset(folder: Path, sentences: int = 1000, seed: int = 0) -> Path:
+    """A local Hugging Face dataset folder (train.csv, column ``sentence``; config named in README.md) of STSb
+    train sentences: what export_static_quantized_openvino_model draws its calibration sentences from in place of
+    glue/sst2."""
+    import csv
+    import random
+
+    from crossonnx.stsb import load_stsb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = load_stsb("train")
+    pool = sorted({s for r in rows for s in (r.sentence1, r.sentence2)})
+    picked = random.Random(seed).sample(pool, min(sentences, len(pool)))
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentence"])
+        writer.writerows([s] for s in picked)
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {CALIBRATION_CONFIG}\n  data_files:\n  - split: train\n"
+        "    path: train.csv\n---\nSTSb train sentences, for sentence-transformers' static int8 calibration.\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
 def _python_for(engine: str, config: BenchConfig) -> str | None:
     if engine in PEER_ENGINES:
         return config.peers_python
+    if engine in OPENVINO_PEER_ENGINES:
+        return config.peers_openvino_python
     return sys.executable
+
+
+def _peer_dir(engine: str, model: BenchModel) -> Path | None:
+    if engine == "st-onnx-qint8":
+        return model.st_int8_dir
+    if engine in OPENVINO_PEER_ENGINES:
+        return model.st_openvino_dir
+    return model.peer_dir
 
 
 def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchConfig, scores_out: Path,
@@ -110,8 +195,9 @@ def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchCo
     """One measurement in a fresh process; {'error': ...} when the engine cannot run here."""
     python = _python_for(engine, config)
     if python is None:
-        return {"engine": engine, "error": "peers environment not given (--peers-python)"}
-    if engine in (*TORCH_ENGINES, *PEER_ENGINES) and model.checkpoint is None:
+        flag = "--peers-openvino-python" if engine in OPENVINO_PEER_ENGINES else "--peers-python"
+        return {"engine": engine, "error": f"peers environment not given ({flag})"}
+    if engine in CHECKPOINT_ENGINES and model.checkpoint is None:
         return {"engine": engine, "error": "needs the PyTorch checkpoint"}
     cmd = [python, str(WORKER), "--engine", engine, "--model-dir", str(model.export_dir), "--pairs",
            str(pairs_file), "--threads", str(config.threads), "--reps", str(config.reps_for.get(engine, config.reps)),
@@ -120,7 +206,7 @@ def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchCo
            "--latency", str(latency)]
     if model.checkpoint is not None:
         cmd += ["--checkpoint", str(model.checkpoint)]
-    peer_dir = model.st_int8_dir if engine == "st-onnx-qint8" else model.peer_dir
+    peer_dir = _peer_dir(engine, model)
     if peer_dir is not None:
         cmd += ["--peer-dir", str(peer_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": str(config.threads), "MKL_NUM_THREADS": str(config.threads),
@@ -133,14 +219,19 @@ def run_engine(engine: str, model: BenchModel, pairs_file: Path, config: BenchCo
 
 
 def cold_start(engine: str, model: BenchModel, config: BenchConfig, runs: int = 5) -> dict[str, Any]:
-    """Whole-process seconds for: start Python, import, load the model, score one pair, exit (median of runs)."""
+    """Whole-process seconds for: start Python, import, load the model, score one pair, exit (median of runs).
+
+    One untimed run first fills the file cache and OpenVINO's compiled-model cache, as any second start finds them.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         pairs_file = Path(tmp) / "one.json"
         pairs_file.write_text(json.dumps([["how many people live in berlin", "Berlin has 3.7 million people."]]))
         times = []
         cfg = BenchConfig(threads=config.threads, reps=1, min_seconds=0.0, batch_size=1,
-                          peers_python=config.peers_python)
-        result: dict[str, Any] = {}
+                          peers_python=config.peers_python, peers_openvino_python=config.peers_openvino_python)
+        result = run_engine(engine, model, pairs_file, cfg, Path(tmp) / "s.json")
+        if "error" in result:
+            return result
         for _ in range(runs):
             t0 = time.perf_counter()
             result = run_engine(engine, model, pairs_file, cfg, Path(tmp) / "s.json")
@@ -148,7 +239,7 @@ def cold_start(engine: str, model: BenchModel, config: BenchConfig, runs: int = 
             if "error" in result:
                 return result
     return {"engine": engine, "cold_start_s": float(np.median(times)), "cold_start_all": times,
-            "peak_rss_mb": result.get("peak_rss_mb")}
+            "peak_rss_mb": result.get("peak_rss_mb"), "executes": result.get("executes")}
 
 
 def compare_scores(scores: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -180,12 +271,12 @@ def run_matrix(models: list[BenchModel], engines: list[str], workloads: list[str
             rows = []
             for engine in engines:
                 scores_file = work / f"scores-{model.name}-{workload}-{engine}.json"
-                log(f"  {model.name:26s} {workload:15s} {engine:16s}", end="", flush=True)
+                log(f"  {model.name:26s} {workload:15s} {engine:30s}", end="", flush=True)
                 result = run_engine(engine, model, pairs_file, config, scores_file)
                 result.update(model=model.name, workload=workload, real_weights=model.real_weights)
                 if "error" not in result:
                     scores[engine] = json.loads(scores_file.read_text())
-                    log(f" {result['pairs_per_s']:9.1f} pairs/s")
+                    log(f" {result['pairs_per_s']:9.1f} pairs/s  executes {result.get('executes')}")
                 else:
                     log(f" error: {result['error']}")
                 rows.append(result)
@@ -211,14 +302,14 @@ def run_latency(models: list[BenchModel], engines: list[str], config: BenchConfi
     pairs_file = work / "pairs-latency.json"
     pairs_file.write_text(json.dumps(pairs), encoding="utf-8")
     cfg = BenchConfig(threads=config.threads, reps=1, min_seconds=0.0, batch_size=1,
-                      peers_python=config.peers_python)
+                      peers_python=config.peers_python, peers_openvino_python=config.peers_openvino_python)
     out = []
     for model in models:
         for engine in engines:
             result = run_engine(engine, model, pairs_file, cfg, work / "latency-scores.json", latency=calls)
             result.update(model=model.name, workload="batch-1 latency")
             if "error" not in result:
-                log(f"  {model.name:26s} latency   {engine:16s} p50 {result['latency_ms_p50']:7.2f} ms "
+                log(f"  {model.name:26s} latency   {engine:30s} p50 {result['latency_ms_p50']:7.2f} ms "
                     f"p99 {result['latency_ms_p99']:7.2f} ms")
             out.append(result)
     return out

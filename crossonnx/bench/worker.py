@@ -1,7 +1,10 @@
 """One benchmark measurement in a fresh process: load one engine, warm up, time repeated passes, print JSON.
 
-Runs under the main environment or a peers' environment (sentence-transformers 5 + optimum, fastembed), so it
-imports nothing from crossonnx at module level: engines import their own libraries when they are built.
+Runs under the main environment or a peers' environment (sentence-transformers 5 + optimum-onnx + fastembed, or
+sentence-transformers 6 + optimum-intel), so it imports nothing from crossonnx at module level: engines import
+their own libraries when they are built. Engines: the peers by name (``NAMED_ENGINES``) and every crossonnx variant
+as ``crossonnx[-PROVIDER]-PRECISION`` (``crossonnx-int8``: ONNX Runtime CPU; ``crossonnx-openvino-bf16``). The
+result names what the engine executed (OpenVINO's precision is read back from the compiled model).
 
     python worker.py --engine crossonnx-int8 --model-dir M --checkpoint C --pairs pairs.json --threads 2 --reps 5
 """
@@ -23,6 +26,7 @@ import numpy as np
 
 Pair = tuple[str, str]
 Scorer = Callable[[list[Pair], int], np.ndarray]
+Built = tuple[Scorer, str]  # the scorer, and the precision it executes
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -74,11 +78,45 @@ def st_int8_file(folder: str) -> str:
     return str(found[0].relative_to(folder))
 
 
-def crossonnx_runtime(args: argparse.Namespace, precision: str) -> Scorer:
+def st_openvino(args: argparse.Namespace, file_name: str) -> Built:
+    """sentence-transformers backend="openvino" (optimum-intel) on the IR it exported itself (``--peer-dir``:
+    prepare_st_openvino's folder); its defaults, but the thread count set explicitly."""
+    from sentence_transformers import CrossEncoder
+
+    model_kwargs = {"ov_config": {"INFERENCE_NUM_THREADS": args.threads}, "file_name": file_name}
+    model = CrossEncoder(args.peer_dir, device="cpu", backend="openvino", local_files_only=True,
+                         model_kwargs=model_kwargs)
+
+    def score(pairs: list[Pair], batch: int) -> np.ndarray:
+        return np.asarray(model.predict(pairs, batch_size=batch, show_progress_bar=False))
+
+    return score, openvino_precision(model.model)
+
+
+def openvino_precision(ov_model: object) -> str:
+    """The inference precision an optimum OVModel's compiled model really runs (OpenVINO's CPU plugin defaults to
+    bf16 where the CPU has bf16), read back from the compiled model."""
+    if getattr(ov_model, "request", None) is None:
+        ov_model.compile()  # type: ignore[attr-defined]
+    compiled = ov_model.request  # type: ignore[attr-defined]
+    if hasattr(compiled, "get_compiled_model"):  # an InferRequest
+        compiled = compiled.get_compiled_model()
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+
+
+ST_OPENVINO_FILE = "openvino/openvino_model.xml"  # what CrossEncoder(..., backend="openvino").save_pretrained wrote
+ST_OPENVINO_QINT8_FILE = "openvino/openvino_model_qint8_quantized.xml"  # export_static_quantized_openvino_model
+
+
+def crossonnx_runtime(args: argparse.Namespace, provider: str, precision: str) -> Built:
+    """crossonnx's CrossEncoder on one (provider, precision); what it executes as its engine reports it."""
     from crossonnx import CrossEncoder
 
-    model = CrossEncoder(args.model_dir, precision=precision, provider="cpu", threads=args.threads)
-    return lambda pairs, batch: model.predict(pairs, batch_size=batch)
+    model = CrossEncoder(args.model_dir, precision=precision, provider=provider, threads=args.threads)
+    executes = model.info()["executes"]  # OpenVINO: its inference precision; ONNX Runtime: the graph's own
+    if executes.startswith("as stored"):
+        executes = f"{precision} ({executes})"
+    return (lambda pairs, batch: model.predict(pairs, batch_size=batch)), executes
 
 
 def fastembed_engine(args: argparse.Namespace) -> Scorer:
@@ -124,18 +162,58 @@ def flashrank_style(args: argparse.Namespace) -> Scorer:
     return score
 
 
-ENGINES: dict[str, Callable[[argparse.Namespace], Scorer]] = {
-    "st-torch-fp32": lambda a: st_torch(a, "fp32"),
-    "st-torch-bf16": lambda a: st_torch(a, "bf16"),
-    "st-onnx": lambda a: st_onnx(a, "model.onnx"),
-    "st-onnx-qint8": lambda a: st_onnx(a, st_int8_file(a.peer_dir)),
-    "fastembed": fastembed_engine,
-    "flashrank-style": flashrank_style,
-    "crossonnx-fp32": lambda a: crossonnx_runtime(a, "fp32"),
-    "crossonnx-fp16": lambda a: crossonnx_runtime(a, "fp16"),
-    "crossonnx-int8": lambda a: crossonnx_runtime(a, "int8"),
-    "crossonnx-int8-plain": lambda a: crossonnx_runtime(a, "int8-plain"),  # accuracy report's baseline
+# name -> build(args) -> (scorer, what it executes); OpenVINO's precision is read back from its compiled model
+NAMED_ENGINES: dict[str, Callable[[argparse.Namespace], Built]] = {
+    "st-torch-fp32": lambda a: (st_torch(a, "fp32"), "fp32"),
+    "st-torch-bf16": lambda a: (st_torch(a, "bf16"), "bf16"),
+    "st-onnx": lambda a: (st_onnx(a, "model.onnx"), "fp32"),
+    "st-onnx-qint8": lambda a: (st_onnx(a, st_int8_file(a.peer_dir)), "int8 (dynamic)"),
+    "st-openvino": lambda a: st_openvino(a, ST_OPENVINO_FILE),
+    "st-openvino-qint8": lambda a: st_openvino(a, ST_OPENVINO_QINT8_FILE),
+    "fastembed": lambda a: (fastembed_engine(a), "fp32"),
+    "flashrank-style": lambda a: (flashrank_style(a), "fp32"),
 }
+# crossonnx engines are named crossonnx[-PROVIDER]-PRECISION: no provider is ONNX Runtime's CPU provider, as in
+# crossonnx-int8; crossonnx-openvino-bf16 is the OpenVINO engine. Kept in step with crossonnx.engines.PROVIDERS and
+# crossonnx.manifest.PRECISIONS (a test checks), since this module imports nothing from crossonnx.
+NAMED_PROVIDERS = ("openvino", "cuda", "tensorrt")  # besides "cpu", which a name leaves out
+CROSSONNX_PRECISIONS = ("fp32", "fp16", "int8", "bf16", "int8-static")
+ENGINE_FORMS = (f"{', '.join(NAMED_ENGINES)}, or crossonnx[-PROVIDER]-PRECISION with PROVIDER one of "
+                f"{', '.join(NAMED_PROVIDERS)} (none: ONNX Runtime CPU) and PRECISION one of "
+                f"{', '.join(CROSSONNX_PRECISIONS)}")
+
+
+def crossonnx_variant(engine: str) -> tuple[str, str] | None:
+    """'crossonnx-int8' -> ('cpu', 'int8'); 'crossonnx-openvino-int8-static' -> ('openvino', 'int8-static');
+    None for a peer's name; ValueError for a crossonnx name that names no provider/precision."""
+    if not engine.startswith("crossonnx-"):
+        return None
+    rest = engine.removeprefix("crossonnx-")
+    provider, _, precision = rest.partition("-")
+    if provider not in NAMED_PROVIDERS:
+        provider, precision = "cpu", rest
+    if precision not in CROSSONNX_PRECISIONS:
+        raise ValueError(f"unknown engine {engine!r}: precision {precision!r} is not one of "
+                         f"{', '.join(CROSSONNX_PRECISIONS)}. Engines: {ENGINE_FORMS}")
+    return provider, precision
+
+
+def engine_name(provider: str, precision: str) -> str:
+    """The engine name of a crossonnx variant: ('cpu', 'int8') -> 'crossonnx-int8' (crossonnx_variant's inverse)."""
+    return "crossonnx-" + ("" if provider == "cpu" else f"{provider}-") + precision
+
+
+def check_engine(engine: str) -> str:
+    """The name itself when it is a known engine; else ValueError listing the engines and the crossonnx form."""
+    if engine not in NAMED_ENGINES and crossonnx_variant(engine) is None:
+        raise ValueError(f"unknown engine {engine!r}. Engines: {ENGINE_FORMS}")
+    return engine
+
+
+def build_engine(engine: str, args: argparse.Namespace) -> Built:
+    """The engine's scorer, and what it executes."""
+    variant = crossonnx_variant(engine)
+    return NAMED_ENGINES[engine](args) if variant is None else crossonnx_runtime(args, *variant)
 
 
 def peak_rss_mb() -> float:
@@ -156,10 +234,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--engine", required=True, choices=sorted(ENGINES))
+    parser.add_argument("--engine", required=True, help=f"one of: {ENGINE_FORMS}")
     parser.add_argument("--model-dir", help="crossonnx export folder")
     parser.add_argument("--checkpoint", help="Hugging Face checkpoint folder (PyTorch engines)")
-    parser.add_argument("--peer-dir", help="folder laid out for sentence-transformers onnx / fastembed")
+    parser.add_argument("--peer-dir", help="folder laid out for sentence-transformers onnx / openvino, fastembed")
     parser.add_argument("--pairs", required=True, help="JSON file: list of [a, b]")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -168,10 +246,14 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=0, help="also time N single-pair calls")
     parser.add_argument("--scores-out", help="write the last pass's scores here (JSON)")
     args = parser.parse_args()
+    try:
+        check_engine(args.engine)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     pairs = [tuple(p) for p in json.loads(Path(args.pairs).read_text(encoding="utf-8"))]
     started = time.perf_counter()
-    score = ENGINES[args.engine](args)
+    score, executes = build_engine(args.engine, args)
     load_s = time.perf_counter() - started
     score(pairs[: min(len(pairs), 2 * args.batch_size)], args.batch_size)  # warm-up, not counted
     rates, scores = [], None
@@ -189,6 +271,7 @@ def main() -> None:
         "pairs": len(pairs),
         "threads": args.threads,
         "batch_size": args.batch_size,
+        "executes": executes,
         "load_s": load_s,
         "pairs_per_s": statistics.median(rates),
         "pairs_per_s_all": rates,
