@@ -68,3 +68,20 @@ def st_model_factory():
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_exports: dict[str, Path]):
+    """A CrossEncoder on the tiny BERT export (ONNX Runtime CPU, one thread), shared by the hardening tests."""
+    from crossonnx.encoder import CrossEncoder
+
+    return CrossEncoder(tiny_exports["bert"], provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_encoder):
+    """A real server (uvicorn on 127.0.0.1) for ``tiny_encoder`` with ``serving.SMALL_LIMITS``."""
+    from serving import SMALL_LIMITS, serving
+
+    with serving(tiny_encoder, SMALL_LIMITS) as running:
+        yield running

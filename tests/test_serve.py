@@ -12,9 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,58 +26,23 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
 from crossonnx.encoder import CrossEncoder  # noqa: E402
-from crossonnx.serve.app import create_app  # noqa: E402
 from crossonnx.serve.limits import ServeLimits  # noqa: E402
-from crossonnx.serve.server import DrainingServer, make_server  # noqa: E402
 from gated import GatedRunner  # noqa: E402
 from pairs import parity_pairs  # noqa: E402
+from serving import WAIT_S, Running  # noqa: E402
+from serving import serving as shared_serving  # noqa: E402
+from serving import until as _until  # noqa: E402
 
 Pair = tuple[str, str]
-WAIT_S = 30.0
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = ServeLimits(max_texts_per_request=16, max_text_chars=4000, max_queue_pairs=256, max_body_bytes=60_000)
 LONG_TEXT = "the cat sat on the mat " * 150  # ~900 tokens: over the model's 512, under 4000 characters
 
 
-class Running:
-    """A server running in a background thread, and its base URL."""
-
-    def __init__(self, server: DrainingServer, thread: threading.Thread, url: str):
-        self.server, self.thread, self.url = server, thread, url
-        self.state = server.state
-
-    def post(self, path: str, body: object = None, content: bytes | None = None) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, content=content, timeout=WAIT_S)
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=WAIT_S)
-
-
-def _until(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.005)
-
-
 @contextmanager
 def serving(encoder: CrossEncoder, limits: ServeLimits = LIMITS, runner=None) -> Iterator[Running]:
-    """uvicorn on 127.0.0.1 and a free port (bound here), in a thread; stopped (if still running) on exit."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = make_server(create_app(encoder, limits, runner=runner), log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        _until(lambda: server.started or not thread.is_alive())
-        assert server.started, "the server did not start"
-        yield Running(server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}")
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_S)
-        sock.close()
+    with shared_serving(encoder, limits, runner) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -121,6 +123,51 @@ def _replace_folder(tmp: Path, out: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+PARTIAL_STALE_UNOWNED_S = 24 * 3600  # a partial folder that names no process is stale once untouched this long
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (True when that cannot be told, e.g. on Windows)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+def _partial_folder(out_dir: Path, note: Callable[[str], None]) -> Path:
+    """A new ``.NAME.partial-PID@HOST-XXXX`` folder beside ``out_dir``, after removing stale ones of the same target:
+    those of a process of this host that no longer runs (an export killed half-way), and those from before the
+    folder named its process that nobody touched for a day. Folders of running exports, or of other hosts, stay."""
+    host = platform.node().replace("/", "_") or "localhost"
+    pattern = re.compile(re.escape(f".{out_dir.name}.partial-") + r"(?:(\d+)@(.+)-)?[^/]+")
+    for path in sorted(out_dir.parent.glob(f".{glob.escape(out_dir.name)}.partial-*")):
+        match = pattern.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        pid, owner = match.group(1), match.group(2)
+        if pid is not None:
+            if owner != host or _pid_alive(int(pid)):
+                continue
+            why = f"its export (process {pid}) no longer runs"
+        else:
+            idle = time.time() - path.stat().st_mtime
+            if idle < PARTIAL_STALE_UNOWNED_S:
+                continue
+            why = f"it names no process and was last changed {idle / 3600:.0f} h ago"
+        shutil.rmtree(path, ignore_errors=True)
+        note(f"removed stale {path}: {why}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}@{host}-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    return tmp
+
+
 def export_model(
     source: str,
     out: str | Path | None = None,
@@ -156,10 +203,7 @@ def export_model(
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    tmp = _partial_folder(out_dir, steps.note)
     try:
         steps(f"loading {resolved.path} (PyTorch)")
         checkpoint = load_checkpoint(resolved.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)

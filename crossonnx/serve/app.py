@@ -3,7 +3,8 @@
 Scoring requests are validated here, queued on the ``DynamicBatcher`` (one inference thread; the event loop only
 parses, queues and answers) and answered with the model's activation applied exactly as ``CrossEncoder.predict``
 applies it, or raw logits with ``raw_scores``. Draining (``ServeState.begin_drain``): new scoring requests get 503
-at once, the ones in flight finish.
+at once, the ones in flight finish. Middleware: metrics, finishing bodies left unread by an early answer
+(``body``), the API key (``security``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.routing import Route
 import crossonnx
 from crossonnx.encoder import CrossEncoder
 from crossonnx.serve.batcher import Draining, DynamicBatcher, QueueFull, RequestTooLarge, Runner
+from crossonnx.serve.body import FinishBodyMiddleware, read_body, require_json
 from crossonnx.serve.limits import ServeLimits
 from crossonnx.serve.metrics import MetricsMiddleware, ServeMetrics
 from crossonnx.serve.schema import (
@@ -41,6 +43,7 @@ from crossonnx.serve.schema import (
     parse_rerank,
     too_large,
 )
+from crossonnx.serve.security import ApiKeyMiddleware, check_api_key
 
 logger = logging.getLogger("crossonnx.serve")
 
@@ -163,20 +166,6 @@ class ServeState:
 
 
 # -- request plumbing -----------------------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes (before reading it when Content-Length says so)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"the request body is {declared} bytes; this server takes at most {limit}", None)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"the request body is over {limit} bytes, the most this server takes", None)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
@@ -185,11 +174,13 @@ Handler = Callable[[ServeState, dict[str, Any]], Awaitable[Any]]
 
 
 def scoring_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Drain check, in-flight count, body and JSON parsing, and errors as JSON for one scoring endpoint."""
+    """Content type, drain check, in-flight count, body and JSON parsing, and errors as JSON for one scoring
+    endpoint."""
 
     async def endpoint(request: Request) -> Response:
         state: ServeState = request.app.state.serve
         try:
+            require_json(request)
             state.enter()
         except ApiError as error:
             return error_response(error)
@@ -279,15 +270,25 @@ async def http_error(request: Request, exc: Exception) -> Response:
                         status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(encoder: CrossEncoder, limits: ServeLimits | None = None, runner: Runner | None = None) -> Starlette:
+def create_app(
+    encoder: CrossEncoder,
+    limits: ServeLimits | None = None,
+    runner: Runner | None = None,
+    api_key: str | None = None,
+) -> Starlette:
     """The ASGI app serving ``encoder``. ``runner`` replaces what scores a merged batch (default
-    ``encoder.logits``); the app's state is ``app.state.serve`` (a ``ServeState``)."""
+    ``encoder.logits``); with ``api_key`` every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
+    The app's state is ``app.state.serve`` (a ``ServeState``)."""
+    if api_key is not None:
+        check_api_key(api_key)  # here, not at the first request: Starlette builds its middleware lazily
     state = ServeState(encoder, limits or ServeLimits(), runner)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.batcher.start()
         logger.info("serving %s (%s, %s)", encoder.model_dir, encoder.precision, encoder.provider)
+        if api_key is not None:
+            logger.info("an API key is required (Authorization: Bearer) on every endpoint but /health")
         yield
         state.begin_drain()
         await state.wait_idle(state.limits.drain_timeout)
@@ -303,7 +304,11 @@ def create_app(encoder: CrossEncoder, limits: ServeLimits | None = None, runner:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=state.metrics, endpoints=ENDPOINTS)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=state.metrics, endpoints=ENDPOINTS),
+            Middleware(FinishBodyMiddleware),
+            Middleware(ApiKeyMiddleware, api_key=api_key),
+        ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

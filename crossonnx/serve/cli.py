@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 
 from crossonnx.encoder import DEFAULT_TOKEN_BUDGET
-from crossonnx.errors import install_command, require_module
+from crossonnx.errors import CrossOnnxError, install_command, require_module
 from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
 from crossonnx.serve.limits import ServeLimits
+from crossonnx.serve.security import API_KEY_ENV, resolve_api_key
 
 SERVE_EXTRA_HINT = install_command("serve")
 
@@ -27,8 +29,21 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
     _require_serve_extra()
+    try:
+        api_key = resolve_api_key(args.api_key)
+    except ValueError as exc:
+        raise CrossOnnxError(str(exc)) from None
     from crossonnx.encoder import CrossEncoder
     from crossonnx.serve.app import create_app
     from crossonnx.serve.server import make_server
@@ -40,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         max_queue_pairs=args.max_queue_pairs,
         max_texts_per_request=args.max_texts_per_request,
         max_text_chars=args.max_text_chars,
+        max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
     )
     if args.token_budget is None:
@@ -54,7 +70,13 @@ def _run(args: argparse.Namespace) -> int:
             "--max-texts-per-request %d is over --max-queue-pairs %d: requests between the two are refused (413)",
             limits.max_texts_per_request, limits.max_queue_pairs,
         )
-    server = make_server(create_app(encoder, limits), host=args.host, port=args.port, log_level=args.log_level)
+    if api_key is None and not _is_loopback(args.host):
+        logging.getLogger("crossonnx.serve").warning(
+            "serving on %s without an API key: anyone who reaches the port can use it (set $%s or --api-key)",
+            args.host, API_KEY_ENV,
+        )
+    app = create_app(encoder, limits, api_key=api_key)
+    server = make_server(app, host=args.host, port=args.port, log_level=args.log_level)
     server.run()
     return 0
 
@@ -81,6 +103,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="texts, documents or pairs per request; more is a 413 (default %(default)s)")
     p.add_argument("--max-text-chars", type=positive_int, default=defaults.max_text_chars,
                    help="characters per text; longer is a 413 (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
+                   help="bytes per request body; more is a 413, answered before reading it (default %(default)s)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on every endpoint but /health (default: ${API_KEY_ENV} "
+                        "if set, which keeps the key out of the process list; else no key)")
     p.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout,
                    help="seconds a SIGTERM/SIGINT waits for requests in flight (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug", "trace"],

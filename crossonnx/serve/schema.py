@@ -1,7 +1,8 @@
 """Request bodies of the three scoring endpoints: JSON -> typed requests, or an ``ApiError`` naming the field.
 
-Statuses: 400 for a body that is not JSON, 413 for too many or too long texts (and too large bodies), 422 for a
-wrong type, a missing field, an empty list or an invalid value. Unknown fields are ignored.
+Statuses: 400 for a body that is not JSON (including nesting too deep to parse and integers of more than
+``MAX_INT_DIGITS`` digits), 413 for too many or too long texts (and too large bodies), 422 for a wrong type, a missing
+field, an empty list, a text that is not valid Unicode or an invalid value. Unknown fields are ignored.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from crossonnx.encoder import unicode_problem
 from crossonnx.serve.limits import ServeLimits
 
 Pair = tuple[str, str]
+# Integer literals longer than this are refused (400) before Python converts them: 640 is the lowest limit
+# sys.set_int_max_str_digits accepts, so int() never raises on what is let through.
+MAX_INT_DIGITS = 640
+SHOWN_CHARS = 40  # how much of an offending value an error message quotes
 
 
 class ApiError(Exception):
@@ -50,16 +56,33 @@ def json_type(value: object) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
+def shown(value: object) -> str:
+    """A short JSON rendering of an offending value, for messages."""
+    text = json.dumps(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _json_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise malformed(
+            f"the request body holds an integer of {len(literal.lstrip('-'))} digits; "
+            f"this server reads at most {MAX_INT_DIGITS}"
+        )
+    return int(literal)
+
+
+def parse_json(body: bytes | bytearray) -> dict[str, Any]:
     """The body as a JSON object (400 when it is not JSON, 422 when it is not an object)."""
-    if not body.strip():
+    if not body or body.isspace():
         raise malformed("the request body is empty; send a JSON object")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_json_int)
     except UnicodeDecodeError:
         raise malformed("the request body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise malformed(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise malformed("the request body is nested too deeply to parse; send a flat JSON object") from None
     if not isinstance(data, dict):
         raise invalid(f"the request body must be a JSON object, got {json_type(data)}", None)
     return data
@@ -80,6 +103,9 @@ class _Fields:
                 f"{where} has {len(value)} characters; this server takes at most {self.limits.max_text_chars}",
                 where,
             )
+        problem = unicode_problem(value)
+        if problem is not None:
+            raise invalid(f"{where} {problem}", where)
         return value
 
     def required_text(self, key: str) -> str:
@@ -178,7 +204,7 @@ def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRera
             )
     top_n = data.get("top_n")
     if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
-        raise invalid(f"top_n must be a positive integer, got {json.dumps(top_n)}", "top_n")
+        raise invalid(f"top_n must be a positive integer, got {shown(top_n)}", "top_n")
     return CohereRerankRequest(
         pairs=[(query, doc) for doc in documents],
         raw_scores=fields.flag("raw_scores", False),

@@ -66,5 +66,6 @@ def make_server(app: Starlette, host: str = "127.0.0.1", port: int = 8080, log_l
         lifespan="on",
         timeout_graceful_shutdown=max(1, math.ceil(state.limits.drain_timeout)),
         access_log=log_level in ("debug", "trace"),
+        proxy_headers=False,  # X-Forwarded-For/-Proto are not trusted, from any address (uvicorn trusts 127.0.0.1)
     )
     return DrainingServer(config, state)
