@@ -133,11 +133,10 @@ def test_precision_not_exported(tmp_path, tiny_exports):
 
 
 def test_unavailable_and_unknown_provider(tiny_exports):
-    with pytest.raises(ProviderUnavailableError, match=r"'cuda' is not available.*available: cpu"):
+    with pytest.raises(ProviderUnavailableError, match=r"'cuda' is not available.*available: .*cpu"):
         CrossEncoder(tiny_exports["bert"], provider="cuda")
     with pytest.raises(ProviderUnavailableError, match=r"unknown provider 'tpu'"):
         CrossEncoder(tiny_exports["bert"], provider="tpu")
-    assert CrossEncoder(tiny_exports["bert"], provider="auto").provider == "cpu"
     assert CrossEncoder(tiny_exports["bert"], provider="CPUExecutionProvider").provider == "cpu"
 
 

@@ -52,7 +52,7 @@ def model_dir(tiny_exports: dict[str, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(model_dir: Path) -> CrossEncoder:
-    return CrossEncoder(model_dir, threads=1)
+    return CrossEncoder(model_dir, provider="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,11 @@ class ProviderChoice:
 
 
 def openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+    """Whether the ``openvino`` package (the ``openvino`` extra) can be imported."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def default_threads() -> int:
@@ -96,7 +100,7 @@ def resolve_provider(
         raise ProviderUnavailableError(f"unknown provider {provider!r}; use 'auto' or one of: {', '.join(PROVIDERS)}")
     if short not in available:
         raise ProviderUnavailableError(
-            f"provider {short!r} is not installed here (available: {', '.join(available)}). {install_hint(short)}"
+            f"provider {short!r} is not available here (available: {', '.join(available)}). {install_hint(short)}"
         )
     if short == "tensorrt" and not _tensorrt_ready(available, tensorrt_ready):
         raise ProviderUnavailableError(ort_engine.TENSORRT_INSTALL_HINT)

@@ -1,0 +1,117 @@
+"""The OpenVINO engine: exact fp32, validated bf16 and int8-static, clear errors, and what ``auto`` picks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossonnx import CrossEncoder, MissingExtraError, PrecisionNotExportedError
+from crossonnx.manifest import load_manifest
+from pairs import FAMILIES, parity_pairs
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs crossonnx[openvino]")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu_has_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_on_openvino_matches_sentence_transformers(family, tiny_checkpoints, tiny_exports, st_model_factory):
+    pairs = parity_pairs()
+    expected = st_model_factory(tiny_checkpoints[family]).predict(pairs, batch_size=32)
+    encoder = CrossEncoder(tiny_exports[family], provider="openvino")
+    assert encoder.info()["executes"] == "float32"  # the bf16 default of OpenVINO's CPU plugin is overridden
+    assert np.abs(encoder.predict(pairs, batch_size=32) - expected).max() <= 1e-5
+
+
+def test_real_model_fp32_is_exact_and_bf16_int8_static_are_validated(
+    reference_checkpoint, reference_export, st_model_factory
+):
+    pairs = parity_pairs(64, seed=31)
+    expected = st_model_factory(reference_checkpoint).predict(pairs, batch_size=32)
+    fp32 = CrossEncoder(reference_export, provider="openvino").predict(pairs)
+    assert np.abs(fp32 - expected).max() <= 1e-5
+    manifest = load_manifest(reference_export)
+    if _cpu_has_bf16():
+        bf16 = manifest.entry("bf16")
+        assert bf16.file == manifest.entry("fp32").file  # the same graph, computed in bf16
+        assert bf16.details["inference_precision"] == "bf16" and bf16.parity["passed"]
+        encoder = CrossEncoder(reference_export, precision="bf16")  # auto: OpenVINO runs bf16
+        assert (encoder.provider, encoder.info()["executes"]) == ("openvino", "bfloat16")
+        got = encoder.predict(pairs)
+        assert np.abs(got - expected).max() <= 0.02 and not np.array_equal(got, fp32)
+    static = manifest.entry("int8-static")
+    assert static.file.endswith(".xml") and set(static.extra_files) == {static.file.replace(".xml", ".bin")}
+    assert static.parity["passed"] and static.details["scheme"] == "static"
+    got = CrossEncoder(reference_export, precision="int8-static", provider="openvino").predict(pairs)
+    assert np.abs(got - expected).max() <= 0.1
+
+
+def test_openvino_precisions_are_refused_on_onnxruntime(reference_export):
+    for precision in ("bf16", "int8-static"):
+        with pytest.raises(PrecisionNotExportedError, match=r"OpenVINO engine only.*provider='openvino'"):
+            CrossEncoder(reference_export, precision=precision, provider="cpu")
+    with pytest.raises(PrecisionNotExportedError, match=r"does not run on OpenVINO.*provider='cpu'"):
+        CrossEncoder(reference_export, precision="int8", provider="openvino")
+
+
+def test_auto_picks_openvino_where_it_runs_the_precision(tiny_exports):
+    fp32 = CrossEncoder(tiny_exports["bert"])
+    assert fp32.provider == "openvino" and "OpenVINO is installed" in fp32.provider_reason
+    int8 = CrossEncoder(tiny_exports["bert"], precision="int8")
+    assert int8.provider == "cpu" and "OpenVINO does not run it" in int8.provider_reason
+
+
+BLOCK_OPENVINO = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "openvino":
+            raise ImportError("openvino is blocked")
+        return None
+sys.meta_path.insert(0, _Blocked())
+from crossonnx import CrossEncoder, MissingExtraError
+folder = sys.argv[1]
+auto = CrossEncoder(folder)
+print(auto.provider, "|", auto.provider_reason)
+try:
+    CrossEncoder(folder, provider="openvino")
+except Exception as exc:
+    print(type(exc).__name__, "|", exc)
+"""
+
+
+def test_without_the_extra_auto_uses_onnxruntime_and_openvino_names_the_install(tiny_exports):
+    done = subprocess.run([sys.executable, "-c", BLOCK_OPENVINO, str(tiny_exports["bert"])],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    auto, refused = done.stdout.strip().splitlines()
+    assert auto.startswith("cpu |") and "no OpenVINO" in auto
+    assert refused.startswith("ProviderUnavailableError |") and 'pip install "crossonnx[openvino]"' in refused
+
+
+def test_missing_extra_error_is_an_import_error():
+    assert issubclass(MissingExtraError, ImportError)
+
+
+def test_base_install_resolves_without_openvino_nncf_or_torch(tmp_path):
+    """What `pip install crossonnx` would install, resolved by pip itself (dry run, against the package index)."""
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+         str(report), str(ROOT)], capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"crossonnx", "onnxruntime", "tokenizers", "numpy"} <= names
+    assert not names & {"openvino", "nncf", "torch", "transformers", "sentence-transformers", "onnxruntime-gpu"}
