@@ -150,8 +150,9 @@ def quantize_static_int8(
     plan = StaticInt8Plan(quantizer=f"nncf {metadata.version('nncf')}", calibration_pairs=len(feeds),
                           inference_precision=inference_precision)
     cap = int(len(downs) * target.max_float_fraction)
+    ladder = sorted({k for k in (0, 1, 2, 4, 8, 12, 16) if k <= cap} | {cap})  # one quantization per step
     best: tuple[float, Any, list[str]] | None = None
-    for keep in range(cap + 1):
+    for keep in ladder:
         keep_float = head + downs[:keep]
         quantized = _quantize(model, feeds, keep_float)
         measured = agreement(run_logits(quantized, feeds, inference_precision), reference)
