@@ -26,7 +26,6 @@ from crossonnx.metrics import compare
 
 SHAPES = ("ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-large")
 BATCHES = (32, 128)
-RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
 def _timed(score, pairs: list, batch: int, reps: int) -> float:
@@ -78,7 +77,7 @@ def engines(checkpoint: Path, folder: Path, trt: bool) -> dict[str, Any]:
 
 
 def check_shape(name: str, work: Path, pairs: list, reps: int, calls: int, trt: bool) -> dict[str, Any]:
-    from crossonnx.checkpoints.synthetic import build_seed_shape
+    from crossonnx.checkpoints.synthetic import RANDOM_WEIGHT_GATES, build_seed_shape
     from crossonnx.exporter.pipeline import export_model
 
     checkpoint = build_seed_shape(name, work / "ckpt" / name)

@@ -15,12 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from crossonnx.checkpoints.synthetic import build_seed_shape, seed_config
+from crossonnx.checkpoints.synthetic import RANDOM_WEIGHT_GATES, build_seed_shape, seed_config
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.registry import load_registry
-
-RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
 def _size(name: str) -> int:
