@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from crossonnx.bench.machine import library_versions
+from crossonnx.bench.machine import LIBRARIES
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.metrics import compare
+from crossonnx.versions import library_versions
 
 SHAPES = ("ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-large")
 BATCHES = (32, 128)
@@ -133,7 +134,7 @@ def main() -> None:
     pairs = query_passage_pairs(256 if args.quick else 1024)
     doc: dict[str, Any] = {
         "gpu": gpu_name(), "pairs": len(pairs), "tensorrt": tensorrt_version() if trt else None,
-        "versions": library_versions(), "shapes": {},
+        "versions": library_versions(LIBRARIES), "shapes": {},
     }
     for shape in args.shapes.split(","):
         print(f"== {shape}", flush=True)

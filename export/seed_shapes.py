@@ -34,9 +34,9 @@ def _rows(name: str, folder: Path, seconds: float | None) -> list[dict]:
         rows.append({
             "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
             "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
-            "mb": entry.bytes / 2**20, "max_abs_diff": parity["max_abs_diff"],
-            "max_abs_logit_diff": parity["max_abs_logit_diff"], "spearman": parity["spearman"],
-            "passed": parity["passed"], "export_s": seconds,
+            "mb": entry.bytes / 2**20, "max_abs_diff": parity.max_abs_diff,
+            "max_abs_logit_diff": parity.max_abs_logit_diff, "spearman": parity.spearman,
+            "passed": parity.passed, "export_s": seconds,
         })
     return rows
 

@@ -20,8 +20,8 @@ def test_manifest_describes_the_folder(tiny_exports):
         for entry in manifest.precisions.values():
             path = folder / entry.file
             assert sha256_file(path) == entry.sha256 and path.stat().st_size == entry.bytes
-            assert entry.parity["passed"] is True and entry.parity["n"] >= 70
-        assert manifest.precisions["fp32"].parity["max_abs_diff"] <= 1e-5
+            assert entry.parity.passed is True and entry.parity.n >= 70
+        assert manifest.precisions["fp32"].parity.max_abs_diff <= 1e-5
         assert manifest.activation == "sigmoid" and manifest.num_labels == 1
         assert manifest.max_length == 512
         assert manifest.source["kind"] == "local"
@@ -91,7 +91,7 @@ def test_cli_export_then_verify(tmp_path, tiny_checkpoints):
     assert "[1/" in export.stderr and "validating int8" in export.stderr  # progress is shown
     manifest = load_manifest(out)
     assert set(manifest.precisions) == {"fp32", "int8"} and manifest.max_length == 128
-    assert manifest.precisions["int8"].parity["gate"]["min_spearman"] is None
+    assert manifest.precisions["int8"].parity.gate.min_spearman is None
     verify = subprocess.run([sys.executable, "-m", "crossonnx.cli", "verify", str(out)], capture_output=True,
                             text=True, check=False)
     assert verify.returncode == 0 and verify.stdout.count(" ok ") == 2
@@ -108,7 +108,7 @@ def test_seed_shape_exports_in_all_precisions(tmp_path, name):
     folder = export_model(str(checkpoint), out=tmp_path / "onnx", gate_overrides=RANDOM_WEIGHT_GATES, log=None)
     manifest = load_manifest(folder)
     assert manifest.architecture["hidden_size"] == load_registry()[name].shape["hidden"]
-    assert all(entry.parity["passed"] for entry in manifest.precisions.values())
+    assert all(entry.parity.passed for entry in manifest.precisions.values())
 
 
 def test_registry_name_resolves_through_the_hugging_face_cache(tmp_path):
@@ -153,15 +153,15 @@ def test_nearly_tied_scores_export_with_default_gates(tmp_path):
     folder = export_model(str(checkpoint), out=tmp_path / "onnx", log=None)  # the default gates
     for precision, entry in load_manifest(folder).precisions.items():
         parity = entry.parity
-        assert parity["passed"] and parity["spearman_gated"] is False and parity["reference_logit_std"] < 1e-3
-        assert parity["max_abs_diff"] <= parity["gate"]["max_abs_diff"], precision
+        assert parity.passed and parity.spearman_gated is False and parity.reference_logit_std < 1e-3
+        assert parity.max_abs_diff <= parity.gate.max_abs_diff, precision
     assert all(result["passed"] for result in verify_folder(folder).values())
     scores = CrossEncoder(folder).predict([("a", "b"), ("c", "d")])
     assert np.ptp(scores) < 1e-3
 
 
 def test_rank_gate_applies_to_spread_scores():
-    from crossonnx.exporter.validate import Gate
+    from crossonnx.parity import Gate
 
     gate = Gate(max_abs_diff=0.1, min_spearman=0.99)
     measured = {"finite": True, "max_abs_diff": 0.01, "spearman": 0.9}

@@ -6,6 +6,8 @@ GPU runs are marked ``gpu`` and skipped where onnxruntime offers no CUDA provide
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import json
 import subprocess
 import sys
@@ -47,12 +49,37 @@ def test_auto_prefers_tensorrt_then_cuda_then_cpu() -> None:
     assert choice.provider == "cpu" and "no GPU provider" in choice.reason
 
 
-def test_auto_on_this_machine_reports_its_pick(tiny_exports: dict[str, Path]) -> None:
-    encoder = CrossEncoder(tiny_exports["bert"])
-    expected = resolve_provider("auto").provider
-    assert encoder.provider == expected
+def expected_auto(precision: str) -> str:
+    """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
+
+    TensorRT (its provider and libnvinfer) > CUDA > OpenVINO (installed, and it runs fp32, bf16 and int8-static)
+    > ONNX Runtime CPU; TensorRT runs fp32 and fp16 only.
+    """
+    offered = ort.get_available_providers()
+    libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
+    if "TensorrtExecutionProvider" in offered and libnvinfer and precision in ("fp32", "fp16"):
+        return "tensorrt"
+    if "CUDAExecutionProvider" in offered:
+        return "cuda"
+    if importlib.util.find_spec("openvino") is not None and precision in ("fp32", "bf16", "int8-static"):
+        return "openvino"
+    return "cpu"
+
+
+def _loads(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_on_this_machine_reports_its_pick(tiny_exports: dict[str, Path], precision: str) -> None:
+    encoder = CrossEncoder(tiny_exports["bert"], precision=precision)
     info = encoder.info()
-    assert info["provider"] == expected and info["provider_reason"].startswith("auto:")
+    assert encoder.provider == info["provider"] == expected_auto(precision), info["provider_reason"]
+    assert info["provider_reason"].startswith("auto:")
 
 
 def test_explicit_provider_names() -> None:
@@ -87,8 +114,9 @@ def test_providers_command_reports_auto() -> None:
         [sys.executable, "-m", "crossonnx.cli", "providers"], capture_output=True, text=True, check=True
     ).stdout
     report = json.loads(out)
-    assert report["auto"] == resolve_provider("auto").provider
+    assert report["auto"] == expected_auto("fp32")
     assert report["available"][-1] == "cpu" and report["reason"].startswith("auto:")
+    assert ("openvino" in report["available"]) == (importlib.util.find_spec("openvino") is not None)
 
 
 # ---- TensorRT options ----------------------------------------------------------------------------------------
@@ -174,10 +202,31 @@ def test_export_without_tensorrt_flag_has_no_unfused_graph(tiny_exports: dict[st
     assert UNFUSED_GRAPH not in manifest["precisions"]
 
 
+class _ShapeLog:
+    """The real engine, recording the shape of every feed it runs."""
+
+    def __init__(self, engine):
+        self.engine, self.shapes = engine, []
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        self.shapes.append({name: array.shape for name, array in feed.items()})
+        return self.engine.run(feed)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+
 def test_warmup_runs_the_profile_corners(tiny_exports: dict[str, Path]) -> None:
+    """Smallest (1 x 8), typical (capped at max_batch x max_length) and largest shapes, every input fed."""
     encoder = CrossEncoder(tiny_exports["bert"], provider="cpu", max_batch=4, max_length=32)
-    assert encoder.warmup() > 0
+    log = encoder._engine = _ShapeLog(encoder._engine)
+    assert encoder.warmup() >= 0
+    assert log.shapes == [{name: shape for name in BERT_INPUTS} for shape in ((1, 8), (4, 32), (4, 32))]
     assert encoder.info()["max_batch"] == 4
+    wide = CrossEncoder(tiny_exports["bert"], provider="cpu", max_batch=64, max_length=512)
+    log = wide._engine = _ShapeLog(wide._engine)
+    wide.warmup()
+    assert [shapes["input_ids"] for shapes in log.shapes] == [(1, 8), (32, 128), (64, 512)]
 
 
 def test_bad_max_batch_is_rejected(tiny_exports: dict[str, Path]) -> None:

@@ -83,16 +83,6 @@ def serving(encoder: CrossEncoder, limits: ServeLimits = LIMITS, runner=None) ->
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_exports: dict[str, Path]) -> Path:
-    return tiny_exports["bert"]
-
-
-@pytest.fixture(scope="module")
-def encoder(model_dir: Path) -> CrossEncoder:
-    return CrossEncoder(model_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
 def server(encoder: CrossEncoder) -> Iterator[Running]:
     with serving(encoder) as running:
         yield running
