@@ -168,3 +168,38 @@ def test_rank_gate_applies_to_spread_scores():
     assert gate.failures({**measured, "spearman_gated": True}) == ["Spearman 0.90000 < 0.99"]
     assert gate.failures({**measured, "spearman_gated": False}) == []
     assert gate.failures({**measured, "max_abs_diff": 0.2, "spearman_gated": False}) == ["max abs diff 0.2 > 0.1"]
+
+
+def test_manifest_json_round_trips_and_old_parity_records_load(tiny_exports, tmp_path):
+    """The typed parity record reads and writes the manifest's JSON unchanged; a record written before the rank-gate
+    fields existed loads with the rank gate on, and an entry without a record loads as None."""
+    import shutil
+
+    from crossonnx.manifest import MANIFEST_NAME, Manifest
+    from crossonnx.verify import verify_folder
+
+    data = json.loads((tiny_exports["bert"] / MANIFEST_NAME).read_text())
+    assert Manifest.from_dict(data).to_dict() == data
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_exports["bert"], folder)
+    for entry in data["precisions"].values():
+        del entry["parity"]["reference_logit_std"], entry["parity"]["spearman_gated"]
+    data["precisions"]["fp16"]["parity"] = {}
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    manifest = load_manifest(folder)
+    assert manifest.precisions["fp16"].parity is None
+    assert manifest.precisions["int8"].parity.spearman_gated is True
+    assert manifest.precisions["int8"].parity.gate.max_abs_diff == 0.05  # the RANDOM_WEIGHT_GATES override
+    results = verify_folder(folder)
+    assert results["fp16"]["gate"] == {} and results["fp16"]["passed"]  # no record: finite scores pass
+    assert results["int8"]["spearman_gated"] is True and results["int8"]["gate"]["min_spearman"] is None
+
+
+def test_every_precision_stage_is_a_known_precision_with_a_default_gate():
+    from crossonnx.exporter.pipeline import STAGES
+    from crossonnx.exporter.validate import default_gates
+    from crossonnx.manifest import PRECISIONS, UNFUSED_GRAPH
+
+    precisions = [stage.precision for stage in STAGES]
+    assert set(precisions) <= set(PRECISIONS) | {UNFUSED_GRAPH}
+    assert set(precisions) <= set(default_gates("sigmoid")) and set(precisions) <= set(default_gates("identity"))
