@@ -6,7 +6,6 @@ GPU runs are marked ``gpu`` and skipped where onnxruntime offers no CUDA provide
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import subprocess
@@ -30,6 +29,7 @@ from crossonnx.engines.onnxruntime import (
     tensorrt_options,
 )
 from crossonnx.manifest import UNFUSED_GRAPH
+from installed import expected_auto
 from pairs import RANDOM_WEIGHT_GATES, parity_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,31 +47,6 @@ def test_auto_prefers_tensorrt_then_cuda_then_cpu() -> None:
     assert resolve_provider("auto", ["cuda", "cpu"], tensorrt_ready=False).provider == "cuda"
     choice = resolve_provider("auto", ["cpu"], tensorrt_ready=False)
     assert choice.provider == "cpu" and "no GPU provider" in choice.reason
-
-
-def expected_auto(precision: str) -> str:
-    """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
-
-    TensorRT (its provider and libnvinfer) > CUDA > OpenVINO (installed, and it runs fp32, bf16 and int8-static)
-    > ONNX Runtime CPU; TensorRT runs fp32 and fp16 only.
-    """
-    offered = ort.get_available_providers()
-    libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
-    if "TensorrtExecutionProvider" in offered and libnvinfer and precision in ("fp32", "fp16"):
-        return "tensorrt"
-    if "CUDAExecutionProvider" in offered:
-        return "cuda"
-    if importlib.util.find_spec("openvino") is not None and precision in ("fp32", "bf16", "int8-static"):
-        return "openvino"
-    return "cpu"
-
-
-def _loads(library: str) -> bool:
-    try:
-        ctypes.CDLL(library)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -32,6 +32,7 @@ from crossonnx.serve.app import create_app  # noqa: E402
 from crossonnx.serve.limits import ServeLimits  # noqa: E402
 from crossonnx.serve.server import DrainingServer, make_server  # noqa: E402
 from gated import GatedRunner  # noqa: E402
+from installed import expected_auto  # noqa: E402
 from pairs import parity_pairs  # noqa: E402
 
 Pair = tuple[str, str]
@@ -248,7 +249,8 @@ def test_health_and_info(server, encoder):
     assert server.get("/health").json() == {"status": "ok"}
     info = server.get("/info").json()
     assert info["model"] == encoder.model_dir.name
-    assert (info["precision"], info["provider"], info["max_length"]) == ("fp32", "cpu", encoder.max_length)
+    expected = ("fp32", expected_auto("fp32"), encoder.max_length)
+    assert (info["precision"], info["provider"], info["max_length"]) == expected
     assert info["limits"]["max_texts_per_request"] == 16
     assert info["limits"]["max_queue_pairs"] == 256
 
