@@ -111,7 +111,8 @@ def test_killed_actor_is_replaced_and_every_row_comes_back_once(cluster, model_d
     )
     scored = score_dataset(held, model_dir, actors=1, cpus_per_actor=2, batch_size=rows_per_block, pid_column="pid")
     batches, killed = [], None
-    for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+    # no prefetching: the first block is handed over as soon as it is scored
+    for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         batches.append(batch)
         if killed is None:
             killed = batch.column("pid")[0].as_py()
