@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from crossonnx.bench.machine import library_versions
+from crossonnx.bench.machine import LIBRARIES
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.metrics import compare
+from crossonnx.versions import library_versions
 
 SHAPES = ("ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-large")
 BATCHES = (32, 128)
-RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
 def _timed(score, pairs: list, batch: int, reps: int) -> float:
@@ -78,7 +78,7 @@ def engines(checkpoint: Path, folder: Path, trt: bool) -> dict[str, Any]:
 
 
 def check_shape(name: str, work: Path, pairs: list, reps: int, calls: int, trt: bool) -> dict[str, Any]:
-    from crossonnx.checkpoints.synthetic import build_seed_shape
+    from crossonnx.checkpoints.synthetic import RANDOM_WEIGHT_GATES, build_seed_shape
     from crossonnx.exporter.pipeline import export_model
 
     checkpoint = build_seed_shape(name, work / "ckpt" / name)
@@ -134,7 +134,7 @@ def main() -> None:
     pairs = query_passage_pairs(256 if args.quick else 1024)
     doc: dict[str, Any] = {
         "gpu": gpu_name(), "pairs": len(pairs), "tensorrt": tensorrt_version() if trt else None,
-        "versions": library_versions(), "shapes": {},
+        "versions": library_versions(LIBRARIES), "shapes": {},
     }
     for shape in args.shapes.split(","):
         print(f"== {shape}", flush=True)

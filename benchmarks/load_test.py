@@ -39,9 +39,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from crossonnx.bench.machine import LIBRARIES, cpu_info, describe_cpu, library_versions
+from crossonnx.bench.machine import LIBRARIES, cpu_info, describe_cpu
 from crossonnx.bench.workloads import rank_pairs
 from crossonnx.encoder import CrossEncoder
+from crossonnx.versions import library_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32, 64)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from crossonnx.errors import ModelFolderError, PrecisionNotExportedError
+from crossonnx.parity import Parity
+from crossonnx.scoring import ACTIVATION_FNS
 
 MANIFEST_NAME = "crossonnx.json"
 SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (int8-static's OpenVINO weights)
-ACTIVATIONS = ("sigmoid", "identity", "tanh", "softmax")
 # Every precision an export can write, and what it is. bf16 runs the fp32 graph with bf16 math on OpenVINO;
 # int8-static is NNCF's calibrated int8 for OpenVINO. Each engine states which of these it runs (crossonnx/engines).
 PRECISIONS = {
@@ -45,15 +46,26 @@ class TokenizerSpec:
 
 @dataclass(frozen=True)
 class PrecisionEntry:
-    """One exported ONNX file and what validation measured for it."""
+    """One exported ONNX file and what validation measured for it (None before validation)."""
 
     file: str
     sha256: str
     bytes: int
-    parity: dict[str, Any] = field(default_factory=dict)
+    parity: Parity | None = None
     details: dict[str, Any] = field(default_factory=dict)
     # files the graph needs beside ``file`` (an OpenVINO IR's .bin): name -> {"sha256", "bytes"}
     extra_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "sha256": self.sha256, "bytes": self.bytes,
+            "parity": self.parity.to_dict() if self.parity is not None else {}, "details": self.details,
+            "extra_files": self.extra_files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrecisionEntry:
+        return cls(**{**data, "parity": Parity.from_dict(data.get("parity") or {})})
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,9 @@ class Manifest:
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["precisions"] = {name: entry.to_dict() for name, entry in self.precisions.items()}
+        return out
 
     def write(self, folder: Path) -> None:
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -96,7 +110,7 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
-        data["precisions"] = {name: PrecisionEntry(**entry) for name, entry in data["precisions"].items()}
+        data["precisions"] = {name: PrecisionEntry.from_dict(entry) for name, entry in data["precisions"].items()}
         return cls(**data)
 
 
@@ -142,7 +156,7 @@ def load_manifest(folder: str | Path) -> Manifest:
         manifest = Manifest.from_dict(data)
     except (KeyError, TypeError) as exc:
         raise ModelFolderError(f"{path} is incomplete or corrupt ({exc!r}). {_fix_hint(folder)}") from None
-    if manifest.activation not in ACTIVATIONS:
+    if manifest.activation not in ACTIVATION_FNS:
         raise ModelFolderError(f"{path} names an unknown activation {manifest.activation!r}. {_fix_hint(folder)}")
     if not (folder / manifest.tokenizer.file).is_file():
         raise ModelFolderError(f"{folder} is incomplete: {manifest.tokenizer.file} is missing. {_fix_hint(folder)}")

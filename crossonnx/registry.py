@@ -9,8 +9,6 @@ from typing import Any
 
 import yaml
 
-from crossonnx.errors import UnknownModelError
-
 _PACKAGED = Path(__file__).with_name("models.yaml")  # in a wheel
 _IN_REPO = Path(__file__).resolve().parent.parent / "models.yaml"  # in a source checkout
 
@@ -55,11 +53,3 @@ def find_model(name: str) -> ModelSpec | None:
         return registry[name]
     return next((spec for spec in registry.values() if spec.hub_id == name), None)
 
-
-def require_model(name: str) -> ModelSpec:
-    """Like find_model, but an unknown name is an error that lists the known ones."""
-    spec = find_model(name)
-    if spec is None:
-        known = ", ".join(load_registry())
-        raise UnknownModelError(f"unknown model {name!r}. Known models: {known}")
-    return spec

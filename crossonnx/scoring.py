@@ -36,7 +36,7 @@ ACTIVATION_FNS: dict[str, ScoreFn] = {
 }
 
 # torch.nn module class name -> our name, so ``activation_fn=torch.nn.Identity()`` works without torch here
-_TORCH_CLASS_NAMES = {"Sigmoid": "sigmoid", "Identity": "identity", "Tanh": "tanh", "Softmax": "softmax"}
+_TORCH_CLASS_NAMES = {name.capitalize(): name for name in ACTIVATION_FNS}  # Sigmoid, Identity, Tanh, Softmax
 
 
 def activation_name_from_path(path: str) -> str | None:

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from crossonnx.architectures import TOKEN_INPUTS
 from crossonnx.manifest import TokenizerSpec
-
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass

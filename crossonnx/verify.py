@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossonnx.encoder import CrossEncoder
+from crossonnx.engines import validation_provider
 from crossonnx.errors import ModelFolderError
-from crossonnx.exporter.validate import Gate, validation_provider  # torch-free: the gate the export recorded
 from crossonnx.manifest import check_file, load_manifest, sha256_file
 from crossonnx.metrics import compare
 
@@ -41,11 +42,11 @@ def verify_folder(
         check_file(folder, entry, verify_checksum=True)
         encoder = CrossEncoder(folder, precision=precision, provider=provider or validation_provider(precision))
         measured = compare(np.asarray(encoder.predict(pairs, batch_size=16)), expected)
-        gate = entry.parity.get("gate", {})
-        # the export's own rule: no rank gate where the reference scores were nearly tied
-        measured["spearman_gated"] = entry.parity.get("spearman_gated", True)
-        measured["passed"] = not Gate(**gate).failures(measured) if gate else measured["finite"]
+        recorded = entry.parity  # the export's own gate and rule: no rank gate where the reference was nearly tied
+        gate = recorded.gate if recorded is not None else None
+        measured["spearman_gated"] = recorded.spearman_gated if recorded is not None else True
+        measured["passed"] = not gate.failures(measured) if gate is not None else measured["finite"]
         measured["provider"] = encoder.provider
-        measured["gate"] = gate
+        measured["gate"] = asdict(gate) if gate is not None else {}
         results[precision] = measured
     return results

@@ -15,12 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from crossonnx.checkpoints.synthetic import build_seed_shape, seed_config
+from crossonnx.checkpoints.synthetic import RANDOM_WEIGHT_GATES, build_seed_shape, seed_config
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.registry import load_registry
-
-RANDOM_WEIGHT_GATES = ["fp16:spearman=off", "int8:max_abs=0.05,spearman=off"]
 
 
 def _size(name: str) -> int:
@@ -36,9 +34,9 @@ def _rows(name: str, folder: Path, seconds: float | None) -> list[dict]:
         rows.append({
             "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
             "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
-            "mb": entry.bytes / 2**20, "max_abs_diff": parity["max_abs_diff"],
-            "max_abs_logit_diff": parity["max_abs_logit_diff"], "spearman": parity["spearman"],
-            "passed": parity["passed"], "export_s": seconds,
+            "mb": entry.bytes / 2**20, "max_abs_diff": parity.max_abs_diff,
+            "max_abs_logit_diff": parity.max_abs_logit_diff, "spearman": parity.spearman,
+            "passed": parity.passed, "export_s": seconds,
         })
     return rows
 

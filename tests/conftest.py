@@ -35,6 +35,20 @@ def tiny_exports(work_dir: Path, tiny_checkpoints: dict[str, Path]) -> dict[str,
 
 
 @pytest.fixture(scope="session")
+def model_dir(tiny_exports: dict[str, Path]) -> Path:
+    """The tiny BERT export the serve and scale tests run on."""
+    return tiny_exports["bert"]
+
+
+@pytest.fixture(scope="session")
+def encoder(model_dir: Path):
+    """One-thread CrossEncoder on ``model_dir`` (the serve and scale tests' model; a test may override it)."""
+    from crossonnx.encoder import CrossEncoder
+
+    return CrossEncoder(model_dir, provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
 def reference_checkpoint() -> Path:
     """The real-weight STSb cross-encoder (trained once, cached under CROSSONNX_CACHE)."""
     from crossonnx.checkpoints.stsb_minilm import build_reference_model

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 
+from crossonnx.architectures import TINY_CHECKPOINTS
+from crossonnx.checkpoints.synthetic import RANDOM_WEIGHT_GATES
 from crossonnx.stsb import load_stsb
 
-FAMILIES = ("bert", "electra", "roberta", "distilroberta")
-# random weights give near-tied scores (std ~0.002), so rank agreement of fp16 and int8 means nothing there:
-# gate them on absolute error only; the real-weight model is gated on both
-RANDOM_WEIGHT_GATES = ("fp16:spearman=off", "int8:max_abs=0.05,spearman=off")
+FAMILIES = tuple(TINY_CHECKPOINTS)  # bert, electra, roberta, distilroberta: every tiny checkpoint the table lists
+__all__ = ["FAMILIES", "RANDOM_WEIGHT_GATES", "parity_pairs"]
 
 
 def parity_pairs(n: int = 48, seed: int = 7) -> list[tuple[str, str]]:

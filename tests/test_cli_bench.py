@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 from crossonnx.cli import main
@@ -27,5 +29,7 @@ def test_bench_speed_writes_json_and_markdown(tiny_exports: dict[str, Path], tmp
     doc = json.loads(out.read_text())
     engines = {r["engine"] for r in doc["throughput"]["results"]}
     assert engines == {"crossonnx-fp32", "crossonnx-int8"}
-    assert all(r["pairs_per_s"] > 0 for r in doc["throughput"]["results"])
+    for row in doc["throughput"]["results"]:  # --pairs and --reps reach the worker; the rate is their median
+        assert row["pairs"] == 32 and len(row["pairs_per_s_all"]) == 1, row
+        assert row["pairs_per_s"] == statistics.median(row["pairs_per_s_all"]) and math.isfinite(row["pairs_per_s"])
     assert out.with_suffix(".md").read_text().startswith("#")

@@ -20,8 +20,8 @@ def test_manifest_describes_the_folder(tiny_exports):
         for entry in manifest.precisions.values():
             path = folder / entry.file
             assert sha256_file(path) == entry.sha256 and path.stat().st_size == entry.bytes
-            assert entry.parity["passed"] is True and entry.parity["n"] >= 70
-        assert manifest.precisions["fp32"].parity["max_abs_diff"] <= 1e-5
+            assert entry.parity.passed is True and entry.parity.n >= 70
+        assert manifest.precisions["fp32"].parity.max_abs_diff <= 1e-5
         assert manifest.activation == "sigmoid" and manifest.num_labels == 1
         assert manifest.max_length == 512
         assert manifest.source["kind"] == "local"
@@ -91,7 +91,7 @@ def test_cli_export_then_verify(tmp_path, tiny_checkpoints):
     assert "[1/" in export.stderr and "validating int8" in export.stderr  # progress is shown
     manifest = load_manifest(out)
     assert set(manifest.precisions) == {"fp32", "int8"} and manifest.max_length == 128
-    assert manifest.precisions["int8"].parity["gate"]["min_spearman"] is None
+    assert manifest.precisions["int8"].parity.gate.min_spearman is None
     verify = subprocess.run([sys.executable, "-m", "crossonnx.cli", "verify", str(out)], capture_output=True,
                             text=True, check=False)
     assert verify.returncode == 0 and verify.stdout.count(" ok ") == 2
@@ -108,7 +108,7 @@ def test_seed_shape_exports_in_all_precisions(tmp_path, name):
     folder = export_model(str(checkpoint), out=tmp_path / "onnx", gate_overrides=RANDOM_WEIGHT_GATES, log=None)
     manifest = load_manifest(folder)
     assert manifest.architecture["hidden_size"] == load_registry()[name].shape["hidden"]
-    assert all(entry.parity["passed"] for entry in manifest.precisions.values())
+    assert all(entry.parity.passed for entry in manifest.precisions.values())
 
 
 def test_registry_name_resolves_through_the_hugging_face_cache(tmp_path):
@@ -153,18 +153,53 @@ def test_nearly_tied_scores_export_with_default_gates(tmp_path):
     folder = export_model(str(checkpoint), out=tmp_path / "onnx", log=None)  # the default gates
     for precision, entry in load_manifest(folder).precisions.items():
         parity = entry.parity
-        assert parity["passed"] and parity["spearman_gated"] is False and parity["reference_logit_std"] < 1e-3
-        assert parity["max_abs_diff"] <= parity["gate"]["max_abs_diff"], precision
+        assert parity.passed and parity.spearman_gated is False and parity.reference_logit_std < 1e-3
+        assert parity.max_abs_diff <= parity.gate.max_abs_diff, precision
     assert all(result["passed"] for result in verify_folder(folder).values())
     scores = CrossEncoder(folder).predict([("a", "b"), ("c", "d")])
     assert np.ptp(scores) < 1e-3
 
 
 def test_rank_gate_applies_to_spread_scores():
-    from crossonnx.exporter.validate import Gate
+    from crossonnx.parity import Gate
 
     gate = Gate(max_abs_diff=0.1, min_spearman=0.99)
     measured = {"finite": True, "max_abs_diff": 0.01, "spearman": 0.9}
     assert gate.failures({**measured, "spearman_gated": True}) == ["Spearman 0.90000 < 0.99"]
     assert gate.failures({**measured, "spearman_gated": False}) == []
     assert gate.failures({**measured, "max_abs_diff": 0.2, "spearman_gated": False}) == ["max abs diff 0.2 > 0.1"]
+
+
+def test_manifest_json_round_trips_and_old_parity_records_load(tiny_exports, tmp_path):
+    """The typed parity record reads and writes the manifest's JSON unchanged; a record written before the rank-gate
+    fields existed loads with the rank gate on, and an entry without a record loads as None."""
+    import shutil
+
+    from crossonnx.manifest import MANIFEST_NAME, Manifest
+    from crossonnx.verify import verify_folder
+
+    data = json.loads((tiny_exports["bert"] / MANIFEST_NAME).read_text())
+    assert Manifest.from_dict(data).to_dict() == data
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_exports["bert"], folder)
+    for entry in data["precisions"].values():
+        del entry["parity"]["reference_logit_std"], entry["parity"]["spearman_gated"]
+    data["precisions"]["fp16"]["parity"] = {}
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    manifest = load_manifest(folder)
+    assert manifest.precisions["fp16"].parity is None
+    assert manifest.precisions["int8"].parity.spearman_gated is True
+    assert manifest.precisions["int8"].parity.gate.max_abs_diff == 0.05  # the RANDOM_WEIGHT_GATES override
+    results = verify_folder(folder)
+    assert results["fp16"]["gate"] == {} and results["fp16"]["passed"]  # no record: finite scores pass
+    assert results["int8"]["spearman_gated"] is True and results["int8"]["gate"]["min_spearman"] is None
+
+
+def test_every_precision_stage_is_a_known_precision_with_a_default_gate():
+    from crossonnx.exporter.pipeline import STAGES
+    from crossonnx.exporter.validate import default_gates
+    from crossonnx.manifest import PRECISIONS, UNFUSED_GRAPH
+
+    precisions = [stage.precision for stage in STAGES]
+    assert set(precisions) <= set(PRECISIONS) | {UNFUSED_GRAPH}
+    assert set(precisions) <= set(default_gates("sigmoid")) and set(precisions) <= set(default_gates("identity"))

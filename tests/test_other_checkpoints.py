@@ -100,7 +100,7 @@ def test_export_matches_sentence_transformers(kind, tmp_path, st_model_factory):
     pairs = parity_pairs()
     expected = st_model_factory(checkpoint, model_kwargs={"dtype": torch.float32}).predict(pairs)
     assert np.abs(CrossEncoder(folder).predict(pairs) - expected).max() <= 1e-5
-    assert all(entry.parity["passed"] for entry in manifest.precisions.values())
+    assert all(entry.parity.passed for entry in manifest.precisions.values())
     if kind == "distilbert":
         assert manifest.inputs == ["input_ids", "attention_mask"]
     if kind == "st-saved-tanh":

@@ -6,6 +6,7 @@ GPU runs are marked ``gpu`` and skipped where onnxruntime offers no CUDA provide
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from crossonnx.engines.onnxruntime import (
     tensorrt_options,
 )
 from crossonnx.manifest import UNFUSED_GRAPH
+from installed import expected_auto
 from pairs import RANDOM_WEIGHT_GATES, parity_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +49,12 @@ def test_auto_prefers_tensorrt_then_cuda_then_cpu() -> None:
     assert choice.provider == "cpu" and "no GPU provider" in choice.reason
 
 
-def test_auto_on_this_machine_reports_its_pick(tiny_exports: dict[str, Path]) -> None:
-    encoder = CrossEncoder(tiny_exports["bert"])
-    expected = resolve_provider("auto").provider
-    assert encoder.provider == expected
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_on_this_machine_reports_its_pick(tiny_exports: dict[str, Path], precision: str) -> None:
+    encoder = CrossEncoder(tiny_exports["bert"], precision=precision)
     info = encoder.info()
-    assert info["provider"] == expected and info["provider_reason"].startswith("auto:")
+    assert encoder.provider == info["provider"] == expected_auto(precision), info["provider_reason"]
+    assert info["provider_reason"].startswith("auto:")
 
 
 def test_explicit_provider_names() -> None:
@@ -87,8 +89,9 @@ def test_providers_command_reports_auto() -> None:
         [sys.executable, "-m", "crossonnx.cli", "providers"], capture_output=True, text=True, check=True
     ).stdout
     report = json.loads(out)
-    assert report["auto"] == resolve_provider("auto").provider
+    assert report["auto"] == expected_auto("fp32")
     assert report["available"][-1] == "cpu" and report["reason"].startswith("auto:")
+    assert ("openvino" in report["available"]) == (importlib.util.find_spec("openvino") is not None)
 
 
 # ---- TensorRT options ----------------------------------------------------------------------------------------
@@ -174,10 +177,31 @@ def test_export_without_tensorrt_flag_has_no_unfused_graph(tiny_exports: dict[st
     assert UNFUSED_GRAPH not in manifest["precisions"]
 
 
+class _ShapeLog:
+    """The real engine, recording the shape of every feed it runs."""
+
+    def __init__(self, engine):
+        self.engine, self.shapes = engine, []
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        self.shapes.append({name: array.shape for name, array in feed.items()})
+        return self.engine.run(feed)
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+
 def test_warmup_runs_the_profile_corners(tiny_exports: dict[str, Path]) -> None:
+    """Smallest (1 x 8), typical (capped at max_batch x max_length) and largest shapes, every input fed."""
     encoder = CrossEncoder(tiny_exports["bert"], provider="cpu", max_batch=4, max_length=32)
-    assert encoder.warmup() > 0
+    log = encoder._engine = _ShapeLog(encoder._engine)
+    assert encoder.warmup() >= 0
+    assert log.shapes == [{name: shape for name in BERT_INPUTS} for shape in ((1, 8), (4, 32), (4, 32))]
     assert encoder.info()["max_batch"] == 4
+    wide = CrossEncoder(tiny_exports["bert"], provider="cpu", max_batch=64, max_length=512)
+    log = wide._engine = _ShapeLog(wide._engine)
+    wide.warmup()
+    assert [shapes["input_ids"] for shapes in log.shapes] == [(1, 8), (32, 128), (64, 512)]
 
 
 def test_bad_max_batch_is_rejected(tiny_exports: dict[str, Path]) -> None:

@@ -26,16 +26,6 @@ CHUNK = 37  # small, so that every file spans several chunks and a last partial 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_exports) -> Path:
-    return tiny_exports["bert"]
-
-
-@pytest.fixture(scope="module")
-def model(model_dir) -> CrossEncoder:
-    return CrossEncoder(model_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
 def rows() -> list[dict]:
     """Query-passage rows with odd text (tabs, newlines, quotes, commas, non-ASCII) and an extra column."""
     pairs = [*parity_pairs(48, seed=3), ('say "hi", ok', "a,b,c\r\nd"), ("", ""), ("\u2028", "'\"")]
@@ -71,7 +61,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cli_scores_every_row_like_predict_in_order(tmp_path, model_dir, model, rows, fmt, capsys):
+def test_cli_scores_every_row_like_predict_in_order(tmp_path, model_dir, encoder, rows, fmt, capsys):
     src = write_rows(tmp_path / f"pairs.{fmt}", fmt, rows)
     out = tmp_path / f"scored.{fmt}"
     code = main(["score-file", str(model_dir), str(src), "--out", str(out), "--chunk-rows", str(CHUNK),
@@ -85,7 +75,7 @@ def test_cli_scores_every_row_like_predict_in_order(tmp_path, model_dir, model, 
         assert {k: str(v) if fmt == "csv" else v for k, v in before.items()} == {
             k: v for k, v in after.items() if k != "score"
         }
-    expected = model.predict([(r["query"], r["passage"]) for r in rows])
+    expected = encoder.predict([(r["query"], r["passage"]) for r in rows])
     scores = np.asarray([float(r["score"]) for r in got], dtype=np.float32)
     # chunks pad their batches differently from one predict() over all rows: fp32 rounding only
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
@@ -96,17 +86,17 @@ def test_cli_scores_every_row_like_predict_in_order(tmp_path, model_dir, model, 
         assert pq.ParquetFile(out).metadata.num_row_groups == -(-len(rows) // CHUNK)
 
 
-def test_chunks_aligned_with_predict_give_identical_scores(tmp_path, model, rows):
+def test_chunks_aligned_with_predict_give_identical_scores(tmp_path, encoder, rows):
     """Chunks of a multiple of predict's own tokenization chunk (2048) batch rows exactly as predict does."""
     many = (rows * 20)[:4100]
     src = write_rows(tmp_path / "many.jsonl", "jsonl", many)
-    result = score_file(model, src, tmp_path / "out.jsonl", chunk_rows=2048, progress=False)
+    result = score_file(encoder, src, tmp_path / "out.jsonl", chunk_rows=2048, progress=False)
     assert result.rows == len(many)
     scores = np.asarray([r["score"] for r in read_rows(result.out, "jsonl")], dtype=np.float32)
-    assert np.array_equal(scores, model.predict([(r["query"], r["passage"]) for r in many]))
+    assert np.array_equal(scores, encoder.predict([(r["query"], r["passage"]) for r in many]))
 
 
-def test_raw_scores_and_custom_columns(tmp_path, model_dir, model, rows):
+def test_raw_scores_and_custom_columns(tmp_path, model_dir, encoder, rows):
     renamed = [{"q": r["query"], "p": r["passage"]} for r in rows[:60]]
     src = write_rows(tmp_path / "in.parquet", "parquet", renamed)
     out = tmp_path / "out.parquet"
@@ -115,34 +105,34 @@ def test_raw_scores_and_custom_columns(tmp_path, model_dir, model, rows):
     assert code == 0
     table = pq.read_table(out)
     assert table.column_names == ["q", "p", "logit"]
-    expected = model.predict([(r["q"], r["p"]) for r in renamed], activation_fn="identity")
+    expected = encoder.predict([(r["q"], r["p"]) for r in renamed], activation_fn="identity")
     np.testing.assert_allclose(table.column("logit").to_numpy(), expected, rtol=0, atol=1e-6)
 
 
-def test_default_output_name_and_progress_bar(tmp_path, model, rows, capsys):
+def test_default_output_name_and_progress_bar(tmp_path, encoder, rows, capsys):
     src = write_rows(tmp_path / "pairs.csv", "csv", rows)
-    result = score_file(model, src, chunk_rows=CHUNK, progress=True)
+    result = score_file(encoder, src, chunk_rows=CHUNK, progress=True)
     assert result.out == tmp_path / "pairs.scored.csv" and result.rows == len(rows)
     err = capsys.readouterr().err
     assert f"{len(rows):,} rows" in err and "100%" in err and err.endswith("\n")
 
 
-def test_empty_input_writes_an_empty_output(tmp_path, model):
+def test_empty_input_writes_an_empty_output(tmp_path, encoder):
     for fmt in FORMATS:
         src = tmp_path / f"empty.{fmt}"
         if fmt == "parquet":
             pq.write_table(pa.table({"query": pa.array([], pa.string()), "passage": pa.array([], pa.string())}), src)
         else:
             src.write_text("query,passage\n" if fmt == "csv" else "", encoding="utf-8")
-        result = score_file(model, src, progress=False)
+        result = score_file(encoder, src, progress=False)
         assert result.rows == 0 and read_rows(result.out, fmt) == []
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_missing_column_names_it_and_the_columns_present(tmp_path, model, fmt):
+def test_missing_column_names_it_and_the_columns_present(tmp_path, encoder, fmt):
     src = write_rows(tmp_path / f"bad.{fmt}", fmt, [{"question": "a", "passage": "b"}])
     with pytest.raises(ScaleError, match=r"no column 'query'.*'question', 'passage'.*--query-column"):
-        score_file(model, src, progress=False)
+        score_file(encoder, src, progress=False)
     assert not (tmp_path / f"bad.scored.{fmt}").exists() and leftovers(tmp_path) == []
 
 
@@ -157,55 +147,55 @@ def test_missing_column_names_it_and_the_columns_present(tmp_path, model, fmt):
         ("csv", "query,passage\na,b,c\n", r"row 1 \(line 2\) has 3 fields, the header has 2"),
     ],
 )
-def test_bad_cells_name_the_row(tmp_path, model, fmt, content, message):
+def test_bad_cells_name_the_row(tmp_path, encoder, fmt, content, message):
     src = tmp_path / f"bad.{fmt}"
     src.write_text(content, encoding="utf-8")
     with pytest.raises(ScaleError, match=message):
-        score_file(model, src, chunk_rows=8, progress=False)  # the error comes after chunks were written
+        score_file(encoder, src, chunk_rows=8, progress=False)  # the error comes after chunks were written
     assert not (tmp_path / f"bad.scored.{fmt}").exists() and leftovers(tmp_path) == []
 
 
-def test_parquet_nulls_and_non_text_columns(tmp_path, model):
+def test_parquet_nulls_and_non_text_columns(tmp_path, encoder):
     src = tmp_path / "nulls.parquet"
     pq.write_table(pa.table({"query": ["a"] * 30 + [None], "passage": ["b"] * 31}), src)
     with pytest.raises(ScaleError, match=r"row 31: column 'query' is null"):
-        score_file(model, src, chunk_rows=8, progress=False)
+        score_file(encoder, src, chunk_rows=8, progress=False)
     numbers = tmp_path / "numbers.parquet"
     pq.write_table(pa.table({"query": ["a"], "passage": [3]}), numbers)
     with pytest.raises(ScaleError, match=r"column 'passage' holds int64, not strings"):
-        score_file(model, numbers, progress=False)
+        score_file(encoder, numbers, progress=False)
     assert leftovers(tmp_path) == []
 
 
-def test_existing_output_needs_overwrite_and_survives_a_failed_run(tmp_path, model, rows):
+def test_existing_output_needs_overwrite_and_survives_a_failed_run(tmp_path, encoder, rows):
     src = write_rows(tmp_path / "pairs.jsonl", "jsonl", rows[:10])
     out = tmp_path / "out.jsonl"
     out.write_text("precious\n", encoding="utf-8")
     with pytest.raises(ScaleError, match="already exists; pass --overwrite"):
-        score_file(model, src, out, progress=False)
+        score_file(encoder, src, out, progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "a", "passage": "b"}\n' * 20 + '{"query": 1, "passage": "b"}\n', encoding="utf-8")
     with pytest.raises(ScaleError, match="row 21"):
-        score_file(model, bad, out, overwrite=True, chunk_rows=4, progress=False)
+        score_file(encoder, bad, out, overwrite=True, chunk_rows=4, progress=False)
     assert out.read_text(encoding="utf-8") == "precious\n" and leftovers(tmp_path) == []
-    assert score_file(model, src, out, overwrite=True, progress=False).rows == 10
+    assert score_file(encoder, src, out, overwrite=True, progress=False).rows == 10
     with pytest.raises(ScaleError, match="already has a column 'score'"):
-        score_file(model, out, tmp_path / "again.jsonl", progress=False)
+        score_file(encoder, out, tmp_path / "again.jsonl", progress=False)
 
 
-def test_argument_errors(tmp_path, model, rows):
+def test_argument_errors(tmp_path, encoder, rows):
     src = write_rows(tmp_path / "pairs.jsonl", "jsonl", rows[:3])
     with pytest.raises(ScaleError, match="writes the input's format"):
-        score_file(model, src, tmp_path / "out.parquet", progress=False)
+        score_file(encoder, src, tmp_path / "out.parquet", progress=False)
     with pytest.raises(ScaleError, match="cannot tell the format"):
-        score_file(model, tmp_path / "pairs.txt", progress=False)
+        score_file(encoder, tmp_path / "pairs.txt", progress=False)
     with pytest.raises(ScaleError, match="does not exist"):
-        score_file(model, tmp_path / "missing.csv", progress=False)
+        score_file(encoder, tmp_path / "missing.csv", progress=False)
     with pytest.raises(ScaleError, match="would overwrite a text column"):
-        score_file(model, src, columns=Columns(score="query"), progress=False)
+        score_file(encoder, src, columns=Columns(score="query"), progress=False)
     renamed = tmp_path / "pairs.data"
     src.rename(renamed)
-    assert score_file(model, renamed, tmp_path / "o.data", fmt="jsonl", progress=False).rows == 3
+    assert score_file(encoder, renamed, tmp_path / "o.data", fmt="jsonl", progress=False).rows == 3
 
 
 BLOCK_SCALE_IMPORTS = """
@@ -254,14 +244,14 @@ def three_label_dir(work_dir) -> Path:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_multi_label_models_write_one_list_per_row(tmp_path, three_label_dir, rows, fmt):
-    model = CrossEncoder(three_label_dir, threads=1)
+    encoder = CrossEncoder(three_label_dir, threads=1)
     src = write_rows(tmp_path / f"pairs.{fmt}", fmt, rows[:40])
-    result = score_file(model, src, chunk_rows=16, progress=False)
+    result = score_file(encoder, src, chunk_rows=16, progress=False)
     got = [r["score"] for r in read_rows(result.out, fmt)]
     if fmt == "csv":
         got = [json.loads(value) for value in got]  # a JSON list per cell
     if fmt == "parquet":
         assert pq.read_schema(result.out).field("score").type == pa.list_(pa.float32(), 3)
-    expected = model.predict([(r["query"], r["passage"]) for r in rows[:40]])
+    expected = encoder.predict([(r["query"], r["passage"]) for r in rows[:40]])
     assert expected.shape == (40, 3)
     np.testing.assert_allclose(np.asarray(got, dtype=np.float32), expected, rtol=0, atol=1e-6)

@@ -28,6 +28,7 @@ httpx = pytest.importorskip("httpx")
 from crossonnx.encoder import CrossEncoder  # noqa: E402
 from crossonnx.serve.limits import ServeLimits  # noqa: E402
 from gated import GatedRunner  # noqa: E402
+from installed import expected_auto  # noqa: E402
 from pairs import parity_pairs  # noqa: E402
 from serving import WAIT_S, Running  # noqa: E402
 from serving import serving as shared_serving  # noqa: E402
@@ -43,16 +44,6 @@ LONG_TEXT = "the cat sat on the mat " * 150  # ~900 tokens: over the model's 512
 def serving(encoder: CrossEncoder, limits: ServeLimits = LIMITS, runner=None) -> Iterator[Running]:
     with shared_serving(encoder, limits, runner) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_exports: dict[str, Path]) -> Path:
-    return tiny_exports["bert"]
-
-
-@pytest.fixture(scope="module")
-def encoder(model_dir: Path) -> CrossEncoder:
-    return CrossEncoder(model_dir, provider="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +212,8 @@ def test_health_and_info(server, encoder):
     assert server.get("/health").json() == {"status": "ok"}
     info = server.get("/info").json()
     assert info["model"] == encoder.model_dir.name
-    assert (info["precision"], info["provider"], info["max_length"]) == ("fp32", "cpu", encoder.max_length)
+    expected = ("fp32", expected_auto("fp32"), encoder.max_length)
+    assert (info["precision"], info["provider"], info["max_length"]) == expected
     assert info["limits"]["max_texts_per_request"] == 16
     assert info["limits"]["max_queue_pairs"] == 256
 

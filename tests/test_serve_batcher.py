@@ -9,23 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crossonnx.encoder import CrossEncoder
 from crossonnx.serve.batcher import BatchReport, Draining, DynamicBatcher, QueueFull, RequestTooLarge
 from gated import GatedRunner
 from pairs import parity_pairs
 
 Pair = tuple[str, str]
 WAIT_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_exports: dict[str, Path]) -> CrossEncoder:
-    return CrossEncoder(tiny_exports["bert"], threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,12 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
     return ProviderChoice("cpu", "auto: no GPU provider in this onnxruntime build and no OpenVINO")
 
 
+def validation_provider(precision: str) -> str:
+    """The engine a precision is validated on (at export and by verify): OpenVINO for its own precisions, ONNX
+    Runtime's CPU otherwise."""
+    return "openvino" if precision in OPENVINO_ONLY else "cpu"
+
+
 def install_hint(provider: str) -> str:
     if provider == "openvino":
         return f"Install it with: {OPENVINO_INSTALL}"

@@ -12,10 +12,8 @@ import onnx
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from crossonnx.architectures import TOKEN_INPUTS, architecture
 from crossonnx.errors import ExportError
-
-# model types whose learned positions start after the padding index (padding_idx + 1)
-OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer"}
 
 
 def quiet_libraries() -> None:
@@ -36,7 +34,7 @@ class LoadedCheckpoint:
     def max_tokens(self) -> int:
         """Tokens the position table can hold (RoBERTa: 514 positions, 512 usable)."""
         positions = int(getattr(self.config, "max_position_embeddings", 512))
-        if self.config.model_type in OFFSET_POSITION_TYPES:
+        if architecture(self.config.model_type).position_offset:
             positions -= int(self.config.pad_token_id) + 1
         return positions
 
@@ -67,21 +65,10 @@ def load_checkpoint(path: Path, trust_remote_code: bool = False, allow_pickle: b
 def graph_input_names(checkpoint: LoadedCheckpoint) -> list[str]:
     """The inputs sentence-transformers feeds: what the tokenizer returns, in a fixed order."""
     names = list(checkpoint.tokenizer.model_input_names)
-    order = ["input_ids", "attention_mask", "token_type_ids"]
-    unknown = [name for name in names if name not in order]
+    unknown = [name for name in names if name not in TOKEN_INPUTS]
     if unknown:
         raise ExportError(f"the tokenizer returns inputs crossonnx does not handle: {unknown}")
-    return [name for name in order if name in names]
-
-
-# classifiers that read only the first ([CLS] / <s>) position of the last hidden state
-CLS_HEAD_CLASSES = {
-    "BertForSequenceClassification",
-    "RobertaForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
-    "CamembertForSequenceClassification",
-    "ElectraForSequenceClassification",
-}
+    return [name for name in TOKEN_INPUTS if name in names]
 
 
 class _ClsOnlyLastLayer(torch.nn.Module):
@@ -118,7 +105,7 @@ class _ClsOnlyLastLayer(torch.nn.Module):
 
 def supports_cls_pruning(model: torch.nn.Module) -> bool:
     """True when the classifier reads only position 0 and the layers have the BERT layout."""
-    if type(model).__name__ not in CLS_HEAD_CLASSES:
+    if type(model).__name__ != architecture(model.config.model_type).cls_head:
         return False
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not layers:
@@ -195,6 +182,13 @@ def export_plain_graph(
     graph_inputs = exported_input_names(out_path)
     if not graph_inputs or graph_inputs != [name for name in names if name in graph_inputs]:
         raise ExportError(f"the exported graph takes {graph_inputs}, expected {names}")
+    family = architecture(checkpoint.config.model_type)
+    dropped = [name for name in names if name in family.inputs and name not in graph_inputs]
+    if dropped:  # e.g. a BERT graph without token_type_ids would score pairs differently from PyTorch
+        raise ExportError(
+            f"the exported graph lacks {dropped}, which a {family.model_type} model reads; its scores would differ "
+            "from sentence-transformers"
+        )
     return pruned
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import onnx
 
-# model_type -> onnxruntime.transformers optimizer family
-FUSION_FAMILY = {"bert": "bert", "electra": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert"}
+from crossonnx.architectures import architecture
+
 NORMALIZATION_OPS = (
     "LayerNormalization",
     "SkipLayerNormalization",
@@ -45,7 +45,7 @@ def head_node_names(model: onnx.ModelProto) -> list[str]:
 
 def fuse(plain: Path, out: Path, config: Any) -> dict[str, Any]:
     """Fuse attention, embedding/skip layer norms and GELU with ORT's transformer optimizer (portable level)."""
-    family = FUSION_FAMILY.get(config.model_type)
+    family = architecture(config.model_type).fusion
     if family is None:
         shutil.copyfile(plain, out)
         return {"graph": "plain (no fusion table for this architecture)"}

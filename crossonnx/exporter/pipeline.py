@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import importlib.util
 import os
 import platform
 import re
@@ -12,12 +13,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from crossonnx.batching import plan_batches
-from crossonnx.errors import ExportError, ValidationError
+from crossonnx.engines import OPENVINO_ONLY
+from crossonnx.errors import ExportError, ValidationError, install_command
 from crossonnx.exporter.convert import (
+    LoadedCheckpoint,
     export_plain_graph,
     exported_input_names,
     graph_input_names,
@@ -27,35 +34,21 @@ from crossonnx.exporter.convert import (
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
-from crossonnx.exporter.reference import REFERENCE_NAME, reference_scores
-from crossonnx.exporter.source import resolve_source
+from crossonnx.exporter.reference import REFERENCE_NAME, Reference, reference_scores
+from crossonnx.exporter.source import ResolvedSource, resolve_source
 from crossonnx.exporter.validate import default_gates, parse_gate_overrides, validate_precision
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
-from crossonnx.manifest import UNFUSED_GRAPH, Manifest, PrecisionEntry, TokenizerSpec, sha256_file
+from crossonnx.manifest import UNFUSED_GRAPH, Manifest, PrecisionEntry, TokenizerSpec, file_record, sha256_file
+from crossonnx.parity import Parity
 from crossonnx.tokenization import PairTokenizer
+from crossonnx.versions import library_versions
 
-PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 17
-FILES = {
-    "fp32": "model_fp32.onnx",
-    "fp16": "model_fp16.onnx",
-    "int8": "model_int8.onnx",
-    UNFUSED_GRAPH: "model_fp32_unfused.onnx",
-}
+PLAIN_GRAPH = "model_plain.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 VERSIONED = (
     "crossonnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers", "numpy"
 )
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of everything that shaped an export, for the manifest."""
-    out = {"python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 class StepLog:
@@ -84,10 +77,10 @@ def _normalize_precisions(precisions: Iterable[str] | str) -> list[str]:
     if isinstance(precisions, str):
         precisions = [p for p in precisions.split(",") if p.strip()]
     wanted = [p.strip().lower() for p in precisions]
-    unknown = [p for p in wanted if p not in PRECISIONS]
+    unknown = [p for p in wanted if p not in EXPORT_PRECISIONS]
     if unknown or not wanted:
-        raise ExportError(f"unknown precision(s) {unknown or wanted}; choose from {', '.join(PRECISIONS)}")
-    return [p for p in PRECISIONS if p in wanted]
+        raise ExportError(f"unknown precision(s) {unknown or wanted}; choose from {', '.join(EXPORT_PRECISIONS)}")
+    return [p for p in EXPORT_PRECISIONS if p in wanted]
 
 
 def calibration_feeds(
@@ -171,7 +164,7 @@ def _partial_folder(out_dir: Path, note: Callable[[str], None]) -> Path:
 def export_model(
     source: str,
     out: str | Path | None = None,
-    precisions: Iterable[str] | str = PRECISIONS,
+    precisions: Iterable[str] | str | None = None,
     max_length: int | None = None,
     opset: int = DEFAULT_OPSET,
     revision: str | None = None,
@@ -184,20 +177,22 @@ def export_model(
 ) -> Path:
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
-    Nothing is written at ``out`` unless every requested precision passes its gate. ``gate_overrides`` take
-    the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before
-    ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines from.
+    Nothing is written at ``out`` unless every requested precision passes its gate. ``precisions`` defaults to
+    every precision this environment can build and validate (``default_precisions``: fp32, fp16, int8, and bf16 /
+    int8-static where OpenVINO, NNCF and a bf16 CPU are there). ``gate_overrides`` take the CLI's form, e.g.
+    ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds
+    its fp32/fp16 engines from.
     """
-    wanted = _normalize_precisions(precisions) + ([UNFUSED_GRAPH] if tensorrt else [])
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 3):
-        raise ExportError(f"--max-length must be an integer >= 3, got {max_length!r}")
-    if not 14 <= int(opset) <= 21:
-        raise ExportError(f"--opset must be between 14 and 21, got {opset}")
-    parse_gate_overrides(list(gate_overrides), default_gates("sigmoid"))  # reject a malformed gate up front
-    steps = StepLog(6 + len(wanted) + ("fp16" in wanted) + ("int8" in wanted), log)
+    request = ExportRequest.check(
+        precisions, max_length=max_length, opset=opset, gate_overrides=gate_overrides, tensorrt=tensorrt,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+    )
+    steps = StepLog(request.step_count(), log)
     quiet_libraries()
 
     steps(f"resolving {source}")
+    if precisions is None:
+        default_precisions(steps.note)  # says which precisions this environment leaves out, and why
     resolved = resolve_source(source, revision=revision, allow_pickle=allow_pickle)
     out_dir = Path(out) if out is not None else Path("models") / resolved.name
     if out_dir.exists() and not overwrite:
@@ -205,140 +200,345 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_folder(out_dir, steps.note)
     try:
-        steps(f"loading {resolved.path} (PyTorch)")
-        checkpoint = load_checkpoint(resolved.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-        names = graph_input_names(checkpoint)
-        weights_dtype = stored_dtype(checkpoint.config)
-        if weights_dtype in HALF_DTYPES:
-            steps.note(f"weights stored as {weights_dtype}: validated against PyTorch fp32 math on them "
-                       "(sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
-                       "~1e-5 away)")
-
-        steps("scoring validation pairs with sentence-transformers (PyTorch fp32)")
-        reference = reference_scores(
-            resolved.path, validation_pairs(), max_length, checkpoint.max_tokens, trust_remote_code
-        )
-        steps.note(f"max_length {reference.max_length}, activation {reference.activation}, inputs {names}")
-
-        steps(f"exporting the ONNX graph (opset {opset})")
-        plain = tmp / "model_plain.onnx"
-        pruned = export_plain_graph(checkpoint, names, plain, opset)
-        graph_inputs = exported_input_names(plain)  # the tokenizer's names in order, less any the model ignores
-        if graph_inputs != names:
-            ignored = [name for name in names if name not in graph_inputs]
-            steps.note(f"the model ignores {ignored}: the graph and the runtime leave them out")
-            names = graph_inputs
-        steps.note("last layer computes the [CLS] position only" if pruned else "full graph (no [CLS]-only head)")
-        del checkpoint.model  # free memory before the graph passes
-        release_memory()
-
-        steps("fusing transformer operators")
-        details = {"fp32": fuse(plain, tmp / FILES["fp32"], checkpoint.config)}
-        release_memory()
-        for variant in details.values():
-            variant["cls_only_last_layer"] = pruned
-        steps.note(str(details["fp32"].get("fused_operators", details["fp32"]["graph"])))
-        if "fp16" in wanted:
-            steps("converting to mixed fp16")
-            details["fp16"] = {**to_mixed_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"]), "cls_only_last_layer": pruned}
-            release_memory()
-        tokenizer = checkpoint.tokenizer
-        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        tokenizer_spec = TokenizerSpec(
-            file="tokenizer.json",
-            sha256=sha256_file(tmp / "tokenizer.json"),
-            pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-            pad_token=str(tokenizer.pad_token),
-            pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-            padding_side=str(tokenizer.padding_side),
-            truncation_side=str(tokenizer.truncation_side),
-        )
-        if "int8" in wanted:
-            steps("quantizing to int8 (measuring which MatMuls int8 hurts)")
-            feeds = calibration_feeds(tmp / "tokenizer.json", tokenizer_spec, reference.max_length, names)
-            details["int8"] = quantize_int8(plain, tmp / FILES["int8"], feeds=feeds, log=steps.note)
-            details["int8"]["cls_only_last_layer"] = pruned
-            release_memory()
-        if tensorrt:
-            plain.rename(tmp / FILES[UNFUSED_GRAPH])
-            details[UNFUSED_GRAPH] = {"graph": "unfused (for TensorRT)", "cls_only_last_layer": pruned}
-        else:
-            plain.unlink()
-        if "fp32" not in wanted:
-            (tmp / FILES["fp32"]).unlink()
-
-        reference.write(tmp, torch_version=metadata.version("torch"))
-        config = checkpoint.config
-        manifest = Manifest(
-            source=resolved.as_dict(),
-            architecture={
-                "model_type": config.model_type,
-                "architectures": list(getattr(config, "architectures", None) or []),
-                "num_hidden_layers": int(config.num_hidden_layers),
-                "hidden_size": int(config.hidden_size),
-                "num_attention_heads": int(config.num_attention_heads),
-                "intermediate_size": int(getattr(config, "intermediate_size", 0)),
-                "vocab_size": int(config.vocab_size),
-                "max_position_embeddings": int(config.max_position_embeddings),
-                "max_tokens": checkpoint.max_tokens,
-                "stored_dtype": weights_dtype,
-            },
-            num_labels=reference.num_labels,
-            activation=reference.activation,
-            max_length=reference.max_length,
-            inputs=names,
-            output="logits",
-            tokenizer=tokenizer_spec,
-            precisions={
-                p: PrecisionEntry(
-                    file=FILES[p],
-                    sha256=sha256_file(tmp / FILES[p]),
-                    bytes=(tmp / FILES[p]).stat().st_size,
-                    details=details[p],
-                )
-                for p in wanted
-            },
-            reference={"file": REFERENCE_NAME, "pairs": len(reference.pairs)},
-            versions=library_versions(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        )
+        export = load(request, resolved, tmp, steps)
+        score_reference(export)
+        export_graph(export)
+        save_tokenizer(export)
+        build_precisions(export)
+        manifest = provisional_manifest(export)
         manifest.write(tmp)  # provisional: the runtime needs it to validate
-
-        gates = parse_gate_overrides(list(gate_overrides), default_gates(reference.activation))
-        failures = []
-        parities = {}
-        for precision in wanted:
-            steps(f"validating {precision} against PyTorch")
-            parity = validate_precision(tmp, precision, reference, gates[precision])
-            parities[precision] = parity
-            ungated = gates[precision].min_spearman is not None and not parity["spearman_gated"]
-            steps.note(
-                f"max abs diff {parity['max_abs_diff']:.3g}, Spearman {parity['spearman']:.6f}"
-                + (f" (not gated: reference scores nearly tied, logit std {parity['reference_logit_std']:.2g})"
-                   if ungated else "")
-                + ("" if parity["passed"] else "  FAILED: " + "; ".join(parity["failures"]))
-            )
-            if not parity["passed"]:
-                failures.append(f"{precision}: " + "; ".join(parity["failures"]))
-        if failures:
-            raise ValidationError(
-                "validation failed, nothing was written: "
-                + " | ".join(failures)
-                + ". Loosen a gate only if you accept that error (--gate int8:max_abs=...,spearman=...)."
-            )
-        final = Manifest(
-            **{
-                **manifest.__dict__,
-                "precisions": {
-                    p: PrecisionEntry(**{**entry.__dict__, "parity": parities[p]})
-                    for p, entry in manifest.precisions.items()
-                },
-            }
-        )
-        final.write(tmp)
+        parities = validate(export)
+        validated = {p: replace(entry, parity=parities[p]) for p, entry in manifest.precisions.items()}
+        replace(manifest, precisions=validated).write(tmp)
         steps(f"writing {out_dir}")
         _replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------- the export
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """The checked arguments of one export."""
+
+    precisions: tuple[str, ...]  # what the folder will hold, in STAGES order (fp32-unfused too, with tensorrt)
+    max_length: int | None
+    opset: int
+    gate_overrides: tuple[str, ...]
+    trust_remote_code: bool
+    allow_pickle: bool
+
+    @classmethod
+    def check(
+        cls, precisions: Iterable[str] | str | None, *, max_length: int | None, opset: int,
+        gate_overrides: Sequence[str], tensorrt: bool, trust_remote_code: bool, allow_pickle: bool,
+    ) -> ExportRequest:
+        """Reject bad arguments before anything is loaded."""
+        wanted = _normalize_precisions(default_precisions() if precisions is None else precisions)
+        for precision in wanted:
+            problem = openvino_problem(precision) if precision in OPENVINO_ONLY else None
+            if problem is not None:
+                raise ExportError(f"cannot export {precision}: {problem}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 3):
+            raise ExportError(f"--max-length must be an integer >= 3, got {max_length!r}")
+        if not 14 <= int(opset) <= 21:
+            raise ExportError(f"--opset must be between 14 and 21, got {opset}")
+        parse_gate_overrides(list(gate_overrides), default_gates("sigmoid"))  # reject a malformed gate up front
+        return cls(
+            precisions=tuple(wanted) + ((UNFUSED_GRAPH,) if tensorrt else ()),
+            max_length=max_length,
+            opset=int(opset),
+            gate_overrides=tuple(gate_overrides),
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+
+    def stages(self) -> list[PrecisionStage]:
+        """The precision stages this export runs, in order."""
+        return [stage for stage in STAGES if stage.always or stage.precision in self.precisions]
+
+    def step_count(self) -> int:
+        """Numbered steps: resolve, load, reference, graph, each stage with a step, each validation, write."""
+        return 5 + sum(stage.step is not None for stage in self.stages()) + len(self.precisions)
+
+
+@dataclass
+class Export:
+    """One export in progress: its request, the temporary folder, and what the stages have produced so far."""
+
+    request: ExportRequest
+    resolved: ResolvedSource
+    tmp: Path
+    steps: StepLog
+    checkpoint: LoadedCheckpoint
+    weights_dtype: str
+    inputs: list[str]  # the graph's inputs: the tokenizer's, less any the model ignores (after export_graph)
+    reference: Reference | None = None
+    pruned: bool = False  # the last layer computes the [CLS] position only
+    tokenizer: TokenizerSpec | None = None
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # per built precision, for the manifest
+
+    @property
+    def plain(self) -> Path:
+        """The traced, unfused fp32 graph the precision stages start from (removed once they ran)."""
+        return self.tmp / PLAIN_GRAPH
+
+    def file(self, precision: str) -> Path:
+        return self.tmp / STAGE_OF[precision].file
+
+    def scored(self) -> Reference:
+        if self.reference is None:
+            raise RuntimeError("the reference stage has not run")
+        return self.reference
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer stage has not run")
+        return self.tokenizer
+
+
+def load(request: ExportRequest, resolved: ResolvedSource, tmp: Path, steps: StepLog) -> Export:
+    """Load the checkpoint with PyTorch; the export's state from here on."""
+    steps(f"loading {resolved.path} (PyTorch)")
+    checkpoint = load_checkpoint(
+        resolved.path, trust_remote_code=request.trust_remote_code, allow_pickle=request.allow_pickle
+    )
+    weights_dtype = stored_dtype(checkpoint.config)
+    if weights_dtype in HALF_DTYPES:
+        steps.note(f"weights stored as {weights_dtype}: validated against PyTorch fp32 math on them "
+                   "(sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
+                   "~1e-5 away)")
+    return Export(request, resolved, tmp, steps, checkpoint, weights_dtype, inputs=graph_input_names(checkpoint))
+
+
+def score_reference(export: Export) -> None:
+    """sentence-transformers' scores for the validation pairs: what every precision is validated against."""
+    export.steps("scoring validation pairs with sentence-transformers (PyTorch fp32)")
+    export.reference = reference_scores(
+        export.resolved.path, validation_pairs(), export.request.max_length, export.checkpoint.max_tokens,
+        export.request.trust_remote_code,
+    )
+    reference = export.reference
+    export.steps.note(f"max_length {reference.max_length}, activation {reference.activation}, inputs {export.inputs}")
+
+
+def export_graph(export: Export) -> None:
+    """Trace the plain fp32 graph; then free the PyTorch model."""
+    export.steps(f"exporting the ONNX graph (opset {export.request.opset})")
+    names = export.inputs
+    export.pruned = export_plain_graph(export.checkpoint, names, export.plain, export.request.opset)
+    graph_inputs = exported_input_names(export.plain)  # the tokenizer's names in order, less any the model ignores
+    if graph_inputs != names:
+        ignored = [name for name in names if name not in graph_inputs]
+        export.steps.note(f"the model ignores {ignored}: the graph and the runtime leave them out")
+        export.inputs = graph_inputs
+    export.steps.note(
+        "last layer computes the [CLS] position only" if export.pruned else "full graph (no [CLS]-only head)"
+    )
+    del export.checkpoint.model  # free memory before the graph passes
+    release_memory()
+
+
+def save_tokenizer(export: Export) -> None:
+    """tokenizer.json, and how the runtime must drive it to match the Hugging Face tokenizer."""
+    tokenizer = export.checkpoint.tokenizer
+    path = export.tmp / TOKENIZER_FILE
+    tokenizer.backend_tokenizer.save(str(path))
+    export.tokenizer = TokenizerSpec(
+        file=TOKENIZER_FILE,
+        sha256=sha256_file(path),
+        pad_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+        pad_token=str(tokenizer.pad_token),
+        pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+        padding_side=str(tokenizer.padding_side),
+        truncation_side=str(tokenizer.truncation_side),
+    )
+
+
+# ------------------------------------------------------------------------------------------- precision stages
+
+
+@dataclass(frozen=True)
+class PrecisionStage:
+    """How one precision's file is built. STAGES runs them in order; each may read the files of those before it."""
+
+    precision: str
+    file: str
+    build: Callable[[Export], dict[str, Any]]  # writes export.file(precision); returns its manifest details
+    step: str | None = None  # its numbered progress line; None: it takes no step of its own
+    always: bool = False  # built for every export (later stages read its file); the file is dropped if not wanted
+    extra_files: tuple[str, ...] = ()  # files written beside ``file`` that its graph needs (an IR's weights)
+
+
+def _build_fp32(export: Export) -> dict[str, Any]:
+    details = fuse(export.plain, export.file("fp32"), export.checkpoint.config)
+    export.steps.note(str(details.get("fused_operators", details["graph"])))
+    return details
+
+
+def _build_fp16(export: Export) -> dict[str, Any]:
+    return to_mixed_fp16(export.file("fp32"), export.file("fp16"))
+
+
+def _build_int8(export: Export) -> dict[str, Any]:
+    feeds = calibration_feeds(
+        export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs
+    )
+    return quantize_int8(export.plain, export.file("int8"), feeds=feeds, log=export.steps.note)
+
+
+def _build_bf16(export: Export) -> dict[str, Any]:
+    """Nothing to write: bf16 is the fp32 graph computed in bf16 by OpenVINO (validated as such)."""
+    return {"graph": STAGE_OF["fp32"].file, "engine": "openvino", "inference_precision": "bf16"}
+
+
+def _build_int8_static(export: Export) -> dict[str, Any]:
+    from crossonnx.engines.openvino import has_bf16
+    from crossonnx.exporter.openvino_int8 import quantize_static_int8
+
+    tokenizer = PairTokenizer(export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length,
+                              export.inputs)
+    encoded = tokenizer.encode(calibration_pairs())
+    feeds = [tokenizer.batch(encoded, np.array([row])) for row in range(len(encoded))]  # real lengths, no padding
+    return quantize_static_int8(export.file("fp32"), export.file("int8-static"), feeds,
+                                "bf16" if has_bf16() else "f32", log=export.steps.note)
+
+
+def openvino_problem(precision: str) -> str | None:
+    """Why this environment cannot build and validate an OpenVINO precision, or None when it can."""
+    from crossonnx.engines import OPENVINO_INSTALL, openvino_installed
+
+    if not openvino_installed():
+        return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
+    if precision == "int8-static" and importlib.util.find_spec("nncf") is None:
+        return f"int8-static is quantized with NNCF, which is not installed: {install_command('export')}"
+    if precision == "bf16":
+        from crossonnx.engines.openvino import has_bf16
+
+        if not has_bf16():
+            return "bf16 is validated on this CPU, which has no bf16 (AVX-512 BF16 or AMX): export on one that has"
+    return None
+
+
+def _keep_unfused(export: Export) -> dict[str, Any]:
+    export.plain.rename(export.file(UNFUSED_GRAPH))
+    return {"graph": "unfused (for TensorRT)"}
+
+
+# The order is the order they run in, the manifest lists them in, and they are validated in. To add a precision:
+# name it in crossonnx/manifest.py PRECISIONS, write a builder here and add its stage, give it a gate in
+# crossonnx/exporter/validate.py default_gates (and, for an OpenVINO-only precision, OPENVINO_ONLY in
+# crossonnx/engines, which validation_provider follows).
+STAGES: tuple[PrecisionStage, ...] = (
+    PrecisionStage("fp32", "model_fp32.onnx", _build_fp32, "fusing transformer operators", always=True),
+    PrecisionStage("fp16", "model_fp16.onnx", _build_fp16, "converting to mixed fp16"),
+    PrecisionStage("int8", "model_int8.onnx", _build_int8, "quantizing to int8 (measuring which MatMuls int8 hurts)"),
+    PrecisionStage("bf16", "model_fp32.onnx", _build_bf16),  # the fp32 graph, run in bf16 by OpenVINO
+    PrecisionStage("int8-static", "model_int8_static.xml", _build_int8_static,
+                   "quantizing to static int8 for OpenVINO (NNCF, calibrated on pairs)",
+                   extra_files=("model_int8_static.bin",)),
+    PrecisionStage(UNFUSED_GRAPH, "model_fp32_unfused.onnx", _keep_unfused),  # with tensorrt=True
+)
+STAGE_OF = {stage.precision: stage for stage in STAGES}
+# what --precision can ask for (fp32-unfused comes with --tensorrt), and what an export writes by default
+EXPORT_PRECISIONS = tuple(stage.precision for stage in STAGES if stage.precision != UNFUSED_GRAPH)
+BASE_PRECISIONS = ("fp32", "fp16", "int8")  # what every environment with the export extra builds
+
+
+def default_precisions(note: Callable[[str], None] | None = None) -> list[str]:
+    """Every precision this environment can build and validate: the base three, and OpenVINO's where it can."""
+    chosen = list(BASE_PRECISIONS)
+    for precision in EXPORT_PRECISIONS:
+        if precision in chosen:
+            continue
+        problem = openvino_problem(precision)
+        if problem is None:
+            chosen.append(precision)
+        elif note is not None:
+            note(f"not exporting {problem}")
+    return chosen
+
+
+def build_precisions(export: Export) -> None:
+    """Run the precision stages; drop the files only later stages needed, and the plain graph."""
+    for stage in export.request.stages():
+        if stage.step is not None:
+            export.steps(stage.step)
+        export.details[stage.precision] = {**stage.build(export), "cls_only_last_layer": export.pruned}
+        release_memory()
+    kept = {STAGE_OF[precision].file for precision in export.request.precisions}
+    for precision in export.details:
+        stage = STAGE_OF[precision]
+        if precision not in export.request.precisions and stage.file not in kept:
+            for name in (stage.file, *stage.extra_files):
+                (export.tmp / name).unlink()
+    export.plain.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ manifest and validation
+
+
+def provisional_manifest(export: Export) -> Manifest:
+    """The manifest without parity (the runtime needs it to validate); reference.json written beside it."""
+    reference, config, tmp = export.scored(), export.checkpoint.config, export.tmp
+    reference.write(tmp, torch_version=metadata.version("torch"))
+    return Manifest(
+        source=export.resolved.as_dict(),
+        architecture={
+            "model_type": config.model_type,
+            "architectures": list(getattr(config, "architectures", None) or []),
+            "num_hidden_layers": int(config.num_hidden_layers),
+            "hidden_size": int(config.hidden_size),
+            "num_attention_heads": int(config.num_attention_heads),
+            "intermediate_size": int(getattr(config, "intermediate_size", 0)),
+            "vocab_size": int(config.vocab_size),
+            "max_position_embeddings": int(config.max_position_embeddings),
+            "max_tokens": export.checkpoint.max_tokens,
+            "stored_dtype": export.weights_dtype,
+        },
+        num_labels=reference.num_labels,
+        activation=reference.activation,
+        max_length=reference.max_length,
+        inputs=export.inputs,
+        output="logits",
+        tokenizer=export.tokenizer_spec(),
+        precisions={
+            p: PrecisionEntry(
+                file=STAGE_OF[p].file,
+                sha256=sha256_file(export.file(p)),
+                bytes=export.file(p).stat().st_size,
+                details=export.details[p],
+                extra_files={name: file_record(tmp / name) for name in STAGE_OF[p].extra_files},
+            )
+            for p in export.request.precisions
+        },
+        reference={"file": REFERENCE_NAME, "pairs": len(reference.pairs)},
+        versions=library_versions(VERSIONED),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def validate(export: Export) -> dict[str, Parity]:
+    """Each precision against PyTorch; a ValidationError naming every failure, else the parity records."""
+    reference = export.scored()
+    gates = parse_gate_overrides(list(export.request.gate_overrides), default_gates(reference.activation))
+    failures = []
+    parities = {}
+    for precision in export.request.precisions:
+        export.steps(f"validating {precision} against PyTorch")
+        parity = validate_precision(export.tmp, precision, reference, gates[precision])
+        parities[precision] = parity
+        export.steps.note(parity.summary())
+        if not parity.passed:
+            failures.append(f"{precision}: " + "; ".join(parity.failures))
+    if failures:
+        raise ValidationError(
+            "validation failed, nothing was written: "
+            + " | ".join(failures)
+            + ". Loosen a gate only if you accept that error (--gate int8:max_abs=...,spearman=...)."
+        )
+    return parities

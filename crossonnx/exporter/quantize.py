@@ -1,11 +1,12 @@
 """int8 variant: dynamic quantization of the weight MatMuls, with the first ([CLS]) position kept in fp32.
 
-Where the error comes from was measured on the real MiniLM cross-encoder (see benchmarks/results/int8.md):
-activations are quantized per tensor at run time (uint8, ONNX Runtime's DynamicQuantizeLinear), and the [CLS]
-token carries massive activations in a few channels (|x| up to ~28 where the other tokens stay under ~6-11 at
-the feed-forward inputs). One row sets the quantization step for the whole batch, so every other token loses
-most of its resolution. The exporter therefore splits each weight MatMul into the first position (fp32 math on
-fp16-stored weights, B rows) and the other positions (int8). The int8 rows then get a 2.5-4x finer step.
+Where the error comes from was measured on the real MiniLM cross-encoder (a one-off measurement, not kept as a
+file; benchmarks/results/accuracy.md compares the outcome with plain dynamic int8): activations are quantized
+per tensor at run time (uint8, ONNX Runtime's DynamicQuantizeLinear), and the [CLS] token carries massive
+activations in a few channels (|x| up to ~28 where the other tokens stay under ~6-11 at the feed-forward inputs).
+One row sets the quantization step for the whole batch, so every other token loses most of its resolution. The
+exporter therefore splits each weight MatMul into the first position (fp32 math on fp16-stored weights, B rows) and
+the other positions (int8). The int8 rows then get a 2.5-4x finer step.
 
 On top of that plan, MatMuls are ranked by their simulated int8 error (captured activations, numpy) and the
 fewest of the worst are kept fp32 until the whole model meets the target on calibration pairs (real

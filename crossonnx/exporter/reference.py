@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crossonnx.errors import ExportError
-from crossonnx.scoring import activation_name_from_path
+from crossonnx.scoring import ACTIVATION_FNS, activation_name_from_path
 
 REFERENCE_NAME = "reference.json"
 
@@ -48,7 +48,7 @@ def _activation_name(model: object) -> str:
     name = activation_name_from_path(path)
     if name is None:
         raise ExportError(
-            f"the model's activation {path} is not one the runtime implements (sigmoid, identity, tanh, softmax)"
+            f"the model's activation {path} is not one the runtime implements ({', '.join(ACTIVATION_FNS)})"
         )
     return name
 

@@ -143,7 +143,6 @@ class Progress:
 class Chunk:
     """Rows read together: their pairs, what the writer needs to write them back, and the bytes consumed."""
 
-    first_row: int  # 0-based index of the chunk's first data row
     pairs: list[Pair]
     payload: Any
     position: int | None = None
@@ -214,7 +213,7 @@ class ParquetSource:
             for name, texts in ((self.columns.query, queries), (self.columns.passage, passages)):
                 if None in texts:
                     raise _not_text(self.path, first + texts.index(None) + 1, name, None)
-            yield Chunk(first, list(zip(queries, passages, strict=True)), batch)
+            yield Chunk(list(zip(queries, passages, strict=True)), batch)
             first += batch.num_rows
 
     def close(self) -> None:
@@ -242,7 +241,7 @@ class JsonlSource(_TextSource):
         q, p = self.columns.query, self.columns.passage
         rows: list[dict[str, Any]] = []
         pairs: list[Pair] = []
-        first = count = 0
+        count = 0
         for line_no, raw in enumerate(self.handle, 1):
             if not raw.strip():
                 continue
@@ -269,11 +268,10 @@ class JsonlSource(_TextSource):
             rows.append(row)
             pairs.append((row[q], row[p]))
             if len(rows) >= self.chunk_rows:
-                yield Chunk(first, pairs, rows, self.handle.tell())
-                first += len(rows)
+                yield Chunk(pairs, rows, self.handle.tell())
                 rows, pairs = [], []
         if rows:
-            yield Chunk(first, pairs, rows, self.handle.tell())
+            yield Chunk(pairs, rows, self.handle.tell())
 
 
 class CsvSource(_TextSource):
@@ -303,7 +301,7 @@ class CsvSource(_TextSource):
     def chunks(self) -> Iterator[Chunk]:
         rows: list[list[str]] = []
         pairs: list[Pair] = []
-        first = count = 0
+        count = 0
         width = len(self.header)
         while True:
             try:
@@ -326,11 +324,10 @@ class CsvSource(_TextSource):
             rows.append(row)
             pairs.append((row[self.q_index], row[self.p_index]))
             if len(rows) >= self.chunk_rows:
-                yield Chunk(first, pairs, rows, self.handle.tell())
-                first += len(rows)
+                yield Chunk(pairs, rows, self.handle.tell())
                 rows, pairs = [], []
         if rows:
-            yield Chunk(first, pairs, rows, self.handle.tell())
+            yield Chunk(pairs, rows, self.handle.tell())
 
 
 def open_source(path: Path, fmt: str, columns: Columns, chunk_rows: int) -> ParquetSource | JsonlSource | CsvSource:

@@ -1,0 +1,33 @@
+"""What this machine has installed, probed without crossonnx, so provider tests do not compare crossonnx with itself."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+
+import onnxruntime as ort
+
+
+def expected_auto(precision: str) -> str:
+    """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
+
+    TensorRT (its provider and libnvinfer) > CUDA > OpenVINO (installed, and it runs fp32, bf16 and int8-static)
+    > ONNX Runtime CPU; TensorRT runs fp32 and fp16 only.
+    """
+    offered = ort.get_available_providers()
+    libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
+    if "TensorrtExecutionProvider" in offered and libnvinfer and precision in ("fp32", "fp16"):
+        return "tensorrt"
+    if "CUDAExecutionProvider" in offered:
+        return "cuda"
+    if importlib.util.find_spec("openvino") is not None and precision in ("fp32", "bf16", "int8-static"):
+        return "openvino"
+    return "cpu"
+
+
+def _loads(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
