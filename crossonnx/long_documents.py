@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossonnx.tokenization import TRUNCATION_DIRECTIONS
-
 if TYPE_CHECKING:
     from tokenizers import Encoding
 
@@ -45,6 +43,7 @@ Pair = tuple[str, str]
 Span = tuple[int, int]
 MODES = ("truncate", "chunk")
 AGGREGATES = ("max", "first", "mean")
+TRUNCATION_DIRECTIONS = ("left", "right")
 DEFAULT_MAX_CHUNKS = 10  # as Cohere's max_chunks_per_doc
 OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
 

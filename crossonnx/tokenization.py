@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from crossonnx.long_documents import TRUNCATION_DIRECTIONS
 from crossonnx.manifest import TokenizerSpec
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-TRUNCATION_DIRECTIONS = ("left", "right")
 
 
 @dataclass

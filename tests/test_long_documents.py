@@ -308,3 +308,60 @@ def test_chunk_mode_needs_one_label(tmp_path):
     with pytest.raises(ValueError, match="long_documents='chunk' needs a model with one label"):
         encoder.predict([("a", "b")], long_documents="chunk")
     assert encoder.predict([("a", "b")], truncation_direction="left").shape == (1, 3)
+
+
+# -- everywhere the runtime is used: CLI, score-file, Ray Data -------------------------------------------------
+def test_cli_rank_and_predict_chunk_flags(reference_export, model, capsys):
+    from crossonnx.cli import main
+
+    args = ["--threads", "1", "--long-documents", "chunk", "--chunk-tokens", "8", "--chunk-overlap", "2"]
+    assert main(["rank", str(reference_export), HAND_QUERY, HAND_DOC, "A dog runs.", "--spans", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    score, corpus_id, span, text = lines[0].split("\t")
+    assert (corpus_id, span, text) == ("0", "25:55", HAND_DOC)
+    expected = model.predict((HAND_QUERY, HAND_DOC), long_documents="chunk", chunk_tokens=8, chunk_overlap=2)
+    assert float(score) == pytest.approx(float(expected), abs=1e-6)
+
+    assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, "--max-chunks", "2"]) == 0
+    import json
+
+    row = json.loads(capsys.readouterr().out)
+    assert (row["chunks"], row["capped"], row["span"]) == (2, True, [25, 55])  # the first 2 windows hold the best
+    assert main(["predict", str(reference_export), "--pair", "a", "b", "--chunk-tokens", "8"]) == 2
+    assert "chunk_tokens applies to long_documents='chunk'" in capsys.readouterr().err
+
+
+def test_score_file_chunks_passages(tmp_path, model):
+    import json
+
+    from crossonnx.long_documents import LongDocuments
+    from crossonnx.scale.files import score_file
+
+    rng = random.Random(17)
+    rows = [{"query": HAND_QUERY, "passage": HAND_DOC},
+            {"query": HAND_QUERY, "passage": _filler(rng, _sentences(), 800, set())},
+            {"query": "A man plays guitar.", "passage": "A man is playing a guitar."}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    options = LongDocuments("chunk", chunk_tokens=64, max_chunks=4)
+    result = score_file(model, src, tmp_path / "out.jsonl", long_documents=options, progress=False)
+    got = [json.loads(line)["score"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = model.predict([(r["query"], r["passage"]) for r in rows], **options.kwargs())
+    np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected)
+    assert result.details["capped_rows"] == 1 and result.details["long_documents"]["long_documents"] == "chunk"
+
+
+def test_ray_scorer_chunks_passages(model):
+    pytest.importorskip("pyarrow")
+    from crossonnx.long_documents import LongDocuments
+    from crossonnx.scale import ScaleError
+    from crossonnx.scale.ray_data import RayScorer, score_dataset
+
+    options = LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2)
+    scorer = RayScorer(model.model_dir, threads=1, long_documents=options)
+    out = scorer({"query": np.array([HAND_QUERY, HAND_QUERY]), "passage": np.array([HAND_DOC, "A dog."])})
+    expected = model.predict([(HAND_QUERY, HAND_DOC), (HAND_QUERY, "A dog.")], **options.kwargs())
+    np.testing.assert_allclose(out["score"], expected, rtol=0, atol=1e-6)  # 1 thread here, 2 there: fp32 rounding
+    pytest.importorskip("ray")
+    with pytest.raises(ScaleError, match="long_documents must be a crossonnx"):
+        score_dataset(None, model.model_dir, long_documents="chunk")  # type: ignore[arg-type]
