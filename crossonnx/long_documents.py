@@ -152,14 +152,18 @@ def token_windows(
 
 
 def _cut(starts: np.ndarray, offsets: Sequence[Span], a: int, limit: int) -> int:
-    """The window end in ``(a, limit]``: the last word start, else (one giant word) the last character boundary."""
+    """The window end in ``(a, limit]``: the last word start, else (one giant word) the last character boundary,
+    else (a window shorter than one character's byte pieces) the first character boundary after ``limit``."""
     for b in range(limit, a, -1):
         if starts[b]:
             return b
     for b in range(limit, a, -1):
         if offsets[b][0] >= offsets[b - 1][1]:
             return b
-    return limit
+    for b in range(limit + 1, len(offsets)):
+        if offsets[b][0] >= offsets[b - 1][1]:
+            return b
+    return len(offsets)
 
 
 def trim_span(text: str, start: int, end: int) -> Span:

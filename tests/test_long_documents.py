@@ -65,7 +65,9 @@ def test_token_windows_by_hand():
     assert token_windows(offsets, word_ids, 12, 3, 10) == ([(0, 12)], 1)  # fits
     assert token_windows([], [], 4, 1, 10) == ([(0, 0)], 1)
     # one word longer than a window is cut between tokens that do not share a character (byte-level pieces
-    # 1-3 are one 3-byte character: [0, 3) would split it, so the first window is [0, 1))
+    # 1-3 are one 3-byte character: [0, 3) would split it, so the first window is [0, 1)); a window that starts
+    # inside the word keeps a token free (window 2 from token 1), and one shorter than a character's pieces ends
+    # after the character ([1, 4))
     giant_ids, giant_offsets = [0] * 6, [(0, 1), (1, 2), (1, 2), (1, 2), (2, 3), (3, 4)]
     assert token_windows(giant_offsets, giant_ids, 3, 0, None) == ([(0, 1), (1, 4), (4, 6)], 3)
 
