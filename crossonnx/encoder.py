@@ -265,13 +265,14 @@ class CrossEncoder:
         if options.mode == "truncate":
             logits, stats = self._logits(items, batch_size, show_progress_bar, direction)
             scores = self.scores_from_logits(logits, activation_fn, apply_softmax)
+            kept = self.truncated_spans(items, direction) if spans and items else []
             return PairDetails(
                 scores=scores,
-                spans=self.truncated_spans(items, direction) if spans and items else [],
+                spans=kept,
                 chunks=np.ones(len(items), dtype=np.int64),
                 capped=np.zeros(len(items), dtype=bool),
                 window_scores=[scores[i : i + 1] for i in range(len(items))],
-                window_spans=[],
+                window_spans=[[span] for span in kept],
                 model_calls=stats.model_calls,
             )
         if self.num_labels != 1:
