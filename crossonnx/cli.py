@@ -11,7 +11,13 @@ from pathlib import Path
 from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH
 from crossonnx.errors import CrossOnnxError
 from crossonnx.manifest import PRECISIONS
-from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
+from crossonnx.runtime_args import (
+    add_long_document_args,
+    add_runtime_args,
+    long_document_options,
+    positive_int,
+    runtime_kwargs,
+)
 from crossonnx.scale.cli import register as register_score_file
 from crossonnx.serve.cli import register as register_serve
 
@@ -90,17 +96,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         pairs += _read_pairs(args.file)
     if not pairs:
         raise CrossOnnxError("no pairs given: use --pair TEXT_A TEXT_B (repeatable) or --file FILE")
+    options = long_document_options(args)
     encoder = _encoder(args)
-    scores = encoder.predict(pairs, batch_size=args.batch_size)
-    for pair, score in zip(pairs, scores.tolist(), strict=True):
-        print(json.dumps({"pair": list(pair), "score": score}, ensure_ascii=False))
+    if options.mode == "truncate":
+        scores = encoder.predict(pairs, batch_size=args.batch_size, **options.kwargs())
+        for pair, score in zip(pairs, scores.tolist(), strict=True):
+            print(json.dumps({"pair": list(pair), "score": score}, ensure_ascii=False))
+        return 0
+    details = encoder.predict_details(pairs, batch_size=args.batch_size, **options.kwargs())
+    for index, (pair, score) in enumerate(zip(pairs, details.scores.tolist(), strict=True)):
+        print(json.dumps({"pair": list(pair), "score": score, **details.row(index)}, ensure_ascii=False))
     return 0
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    options = long_document_options(args)
     encoder = _encoder(args)
-    for item in encoder.rank(args.query, args.documents, top_k=args.top_k, return_documents=True):
-        print(f"{item['score']:.6f}\t{item['corpus_id']}\t{item['text']}")
+    results = encoder.rank(args.query, args.documents, top_k=args.top_k, return_documents=True,
+                           return_spans=args.spans, **options.kwargs())
+    for item in results:
+        span = f"{item['span'][0]}:{item['span'][1]}\t" if args.spans else ""
+        print(f"{item['score']:.6f}\t{item['corpus_id']}\t{span}{item['text']}")
     return 0
 
 
@@ -253,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", nargs=2, action="append", metavar=("TEXT_A", "TEXT_B"), help="a pair (repeatable)")
     p.add_argument("--file", help="JSON lines [a, b] or tab-separated pairs; - for stdin")
     p.add_argument("--batch-size", type=int, default=32)
+    add_long_document_args(p)
     p.set_defaults(run=_cmd_predict)
 
     p = sub.add_parser("rank", help="rank documents for a query")
@@ -260,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("documents", nargs="+")
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--spans", action="store_true",
+                   help="print START:END, the characters of each document behind its score, before its text")
+    add_long_document_args(p)
     p.set_defaults(run=_cmd_rank)
 
     p = sub.add_parser("verify", help="re-check a model folder against its stored PyTorch scores (no torch)")

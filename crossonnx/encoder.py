@@ -16,6 +16,8 @@ from crossonnx.batching import plan_batches
 from crossonnx.engines import default_threads, open_engine, resolve_provider
 from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH, OPT_BATCH, OPT_LENGTH
 from crossonnx.errors import InvalidInputError
+from crossonnx.long_documents import DEFAULT_MAX_CHUNKS, LongDocuments, PairDetails, WindowPlan, trim_span
+from crossonnx.long_documents import plan_windows as _plan_windows
 from crossonnx.manifest import load_manifest
 from crossonnx.scoring import ACTIVATION_FNS, ScoreFn, resolve_activation, softmax
 from crossonnx.tokenization import PairTokenizer
@@ -222,12 +224,19 @@ class CrossEncoder:
         return self.logits_and_stats(pairs, batch_size, show_progress_bar)[0]
 
     def logits_and_stats(
-        self, pairs: Sequence[Pair], batch_size: int = 32, show_progress_bar: bool = False
+        self, pairs: Sequence[Pair], batch_size: int = 32, show_progress_bar: bool = False,
+        truncation_direction: str | None = None,
     ) -> tuple[np.ndarray, RunStats]:
-        """``logits`` and what computing them took (tokens, padded tokens, model calls)."""
-        return self._logits(normalize_pairs(pairs)[0], batch_size, show_progress_bar)
+        """``logits`` and what computing them took (tokens, padded tokens, model calls).
 
-    def _logits(self, items: list[Pair], batch_size: int, show_progress_bar: bool) -> tuple[np.ndarray, RunStats]:
+        ``truncation_direction``: ``"left"`` or ``"right"`` cuts over-long pairs from that end (default: the
+        model's own side, normally right).
+        """
+        return self._logits(normalize_pairs(pairs)[0], batch_size, show_progress_bar, truncation_direction)
+
+    def _logits(
+        self, items: list[Pair], batch_size: int, show_progress_bar: bool, truncation_direction: str | None = None
+    ) -> tuple[np.ndarray, RunStats]:
         """The model over validated pairs: tokenize per chunk, length-sorted batches under the token budget."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -236,7 +245,7 @@ class CrossEncoder:
         progress = _Progress(len(items), bool(show_progress_bar))
         rows_cap = batch_size if self.provider in ("cpu", "openvino") else min(batch_size, self.max_batch)
         for start in range(0, len(items), CHUNK_PAIRS):
-            encoded = self._tokenizer.encode(items[start : start + CHUNK_PAIRS])
+            encoded = self._tokenizer.encode(items[start : start + CHUNK_PAIRS], truncation_direction)
             for rows in plan_batches(encoded.lengths, rows_cap, self.token_budget):
                 feed = self._tokenizer.batch(encoded, rows)
                 out[start + rows] = self._engine.run(feed)
@@ -249,6 +258,88 @@ class CrossEncoder:
     def token_counts(self, pairs: Sequence[Pair]) -> list[int]:
         """Tokens each pair has before truncation (special tokens included), e.g. to refuse over-long pairs."""
         return self._tokenizer.untruncated_lengths(normalize_pairs(pairs)[0])
+
+    def plan_windows(
+        self, pairs: Sequence[Pair], chunk_tokens: int | None = None, chunk_overlap: int | None = None,
+        max_chunks: int = DEFAULT_MAX_CHUNKS,
+    ) -> WindowPlan:
+        """The windows ``long_documents="chunk"`` scores for ``pairs`` (see ``crossonnx.long_documents``).
+
+        Score ``plan.pairs`` (``logits``, then ``scores_from_logits``) and call ``plan.details(scores, aggregate)``
+        for per-pair results; ``predict_details`` does all three.
+        """
+        options = LongDocuments("chunk", chunk_tokens, chunk_overlap, max_chunks=max_chunks)
+        return _plan_windows(self._tokenizer, normalize_pairs(pairs)[0], options.chunk_tokens,
+                            options.chunk_overlap, options.max_chunks)
+
+    def truncated_spans(self, pairs: Sequence[Pair], truncation_direction: str | None = None) -> list[tuple[int, int]]:
+        """The characters of each pair's second text the model sees in truncate mode, as (start, end)."""
+        items = normalize_pairs(pairs)[0]
+        spans = self._tokenizer.second_text_spans(items, truncation_direction)
+        return [trim_span(doc, start, end) for (_, doc), (start, end) in zip(items, spans, strict=True)]
+
+    def _details(
+        self, items: list[Pair], options: LongDocuments, batch_size: int, show_progress_bar: bool,
+        activation_fn: Activation, apply_softmax: bool, spans: bool,
+    ) -> PairDetails:
+        """Scores of validated pairs under ``options``; spans in truncate mode only when ``spans``."""
+        direction = options.truncation_direction
+        if options.mode == "truncate":
+            logits, stats = self._logits(items, batch_size, show_progress_bar, direction)
+            scores = self.scores_from_logits(logits, activation_fn, apply_softmax)
+            kept = self.truncated_spans(items, direction) if spans and items else []
+            return PairDetails(
+                scores=scores,
+                spans=kept,
+                chunks=np.ones(len(items), dtype=np.int64),
+                capped=np.zeros(len(items), dtype=bool),
+                window_scores=[scores[i : i + 1] for i in range(len(items))],
+                window_spans=[[span] for span in kept],
+                model_calls=stats.model_calls,
+            )
+        if self.num_labels != 1:
+            raise ValueError(
+                f"long_documents='chunk' needs a model with one label (the best window is the highest score), this "
+                f"one has {self.num_labels}; use long_documents='truncate'"
+            )
+        plan = _plan_windows(self._tokenizer, items, options.chunk_tokens, options.chunk_overlap, options.max_chunks)
+        logits, stats = self._logits(plan.pairs, batch_size, show_progress_bar, direction)
+        details = plan.details(self.scores_from_logits(logits, activation_fn, apply_softmax), options.aggregate)
+        details.model_calls = stats.model_calls
+        capped = int(details.capped.sum())
+        if capped:
+            logger.warning(
+                "crossonnx: %d of %d documents have more than max_chunks=%d windows; only their first %d were "
+                "scored (predict_details and rank say which)", capped, len(items), options.max_chunks,
+                options.max_chunks,
+            )
+        return details
+
+    def predict_details(
+        self,
+        pairs: Sequence[Pair] | Pair,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        activation_fn: Activation = None,
+        apply_softmax: bool = False,
+        *,
+        long_documents: str = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        aggregate: str = "max",
+        max_chunks: int = DEFAULT_MAX_CHUNKS,
+        truncation_direction: str | None = None,
+    ) -> PairDetails:
+        """``predict``'s scores (always an array, one row per pair) with where each came from.
+
+        Returns a ``PairDetails``: ``scores``; ``spans`` (the characters of each second text behind the score:
+        the best window, or in truncate mode the part that survived truncation); ``chunks`` (windows scored per
+        pair); ``capped`` (documents with more than ``max_chunks`` windows); ``window_scores``; ``model_calls``.
+        """
+        options = LongDocuments(long_documents, chunk_tokens, chunk_overlap, aggregate, max_chunks,
+                                truncation_direction)
+        items = normalize_pairs(pairs)[0]
+        return self._details(items, options, batch_size, bool(show_progress_bar), activation_fn, apply_softmax, True)
 
     def scores_from_logits(
         self, logits: np.ndarray, activation_fn: Activation = None, apply_softmax: bool = False
@@ -265,19 +356,25 @@ class CrossEncoder:
     @overload
     def predict(
         self, pairs: Pair, batch_size: int = ..., show_progress_bar: bool | None = ...,
-        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ..., *,
+        long_documents: str = ..., chunk_tokens: int | None = ..., chunk_overlap: int | None = ...,
+        aggregate: str = ..., max_chunks: int = ..., truncation_direction: str | None = ...,
     ) -> np.floating | np.ndarray: ...
 
     @overload
     def predict(
         self, pairs: Sequence[Pair], batch_size: int = ..., show_progress_bar: bool | None = ...,
-        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[True] = ..., *,
+        long_documents: str = ..., chunk_tokens: int | None = ..., chunk_overlap: int | None = ...,
+        aggregate: str = ..., max_chunks: int = ..., truncation_direction: str | None = ...,
     ) -> np.ndarray: ...
 
     @overload
     def predict(
         self, pairs: Sequence[Pair] | Pair, batch_size: int = ..., show_progress_bar: bool | None = ...,
-        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[False] = ...,
+        activation_fn: Activation = ..., apply_softmax: bool = ..., convert_to_numpy: Literal[False] = ..., *,
+        long_documents: str = ..., chunk_tokens: int | None = ..., chunk_overlap: int | None = ...,
+        aggregate: str = ..., max_chunks: int = ..., truncation_direction: str | None = ...,
     ) -> list[Any]: ...
 
     def predict(
@@ -288,6 +385,13 @@ class CrossEncoder:
         activation_fn: Activation = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
+        *,
+        long_documents: str = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        aggregate: str = "max",
+        max_chunks: int = DEFAULT_MAX_CHUNKS,
+        truncation_direction: str | None = None,
     ) -> np.ndarray | np.floating | list[Any]:
         """Scores of text pairs, as sentence-transformers' ``CrossEncoder.predict`` gives them.
 
@@ -299,13 +403,26 @@ class CrossEncoder:
                 callable or a ``torch.nn`` activation.
             apply_softmax: softmax over the labels of a multi-label model.
             convert_to_numpy: False returns a list of float32 scalars (or rows).
+            long_documents: ``"truncate"`` (default: what fits in the max length, as sentence-transformers) or
+                ``"chunk"``: the second text is scored in windows of ``chunk_tokens`` tokens (default: what fits
+                beside the first text) overlapping by ``chunk_overlap`` (default a quarter of the window), at most
+                ``max_chunks`` per pair, and the window scores aggregated by ``aggregate`` (``max``, ``first``,
+                ``mean``). ``predict_details`` says which pairs were capped and where the best window is.
+            truncation_direction: ``"left"`` or ``"right"``: which end truncation cuts (default: the model's side).
 
         Returns:
             A float32 scalar for one pair; an array of shape (n,) for one label or (n, num_labels) otherwise.
         """
+        options = LongDocuments(long_documents, chunk_tokens, chunk_overlap, aggregate, max_chunks,
+                                truncation_direction)
         items, single = normalize_pairs(pairs)
-        logits = self._logits(items, batch_size, bool(show_progress_bar))[0]
-        scores = self.scores_from_logits(logits, activation_fn, apply_softmax)
+        if options.mode == "truncate" and truncation_direction is None:
+            logits = self._logits(items, batch_size, bool(show_progress_bar))[0]
+            scores = self.scores_from_logits(logits, activation_fn, apply_softmax)
+        else:
+            scores = self._details(
+                items, options, batch_size, bool(show_progress_bar), activation_fn, apply_softmax, False
+            ).scores
         if not convert_to_numpy:
             return list(scores)
         return scores[0] if single else scores
@@ -326,6 +443,14 @@ class CrossEncoder:
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Activation = None,
+        *,
+        long_documents: str = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int | None = None,
+        aggregate: str = "max",
+        max_chunks: int = DEFAULT_MAX_CHUNKS,
+        truncation_direction: str | None = None,
+        return_spans: bool = False,
     ) -> list[dict[str, Any]]:
         """Documents sorted by score for ``query``, as sentence-transformers' ``CrossEncoder.rank``.
 
@@ -335,9 +460,14 @@ class CrossEncoder:
             top_k: keep only the best ``top_k`` (default: all).
             return_documents: add each document's ``text``.
             batch_size, show_progress_bar, activation_fn: as in ``predict``.
+            long_documents, chunk_tokens, chunk_overlap, aggregate, max_chunks, truncation_direction: as in
+                ``predict``; in chunk mode each result also has ``chunks`` (windows scored) and ``capped``.
+            return_spans: add ``span``: ``(start, end)``, the characters of the document behind its score (the
+                best window; in truncate mode the part that survived truncation).
 
         Returns:
-            ``[{"corpus_id": i, "score": s, "text"?: doc}, ...]``, highest score first.
+            ``[{"corpus_id": i, "score": s, "text"?: doc, "span"?: (start, end), "chunks"?, "capped"?}, ...]``,
+            highest score first.
         """
         self.check_rankable()
         check_text(query, "query")
@@ -348,19 +478,24 @@ class CrossEncoder:
             check_text(doc, f"documents[{index}]")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
+        options = LongDocuments(long_documents, chunk_tokens, chunk_overlap, aggregate, max_chunks,
+                                truncation_direction)
         if not documents:
             return []
-        scores = self.predict(
-            [(query, doc) for doc in documents],
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            activation_fn=activation_fn,
+        details = self._details(
+            [(query, doc) for doc in documents], options, batch_size, bool(show_progress_bar), activation_fn,
+            False, bool(return_spans),
         )
         results: list[dict[str, Any]] = []
-        for index, score in enumerate(np.asarray(scores).tolist()):
+        for index, score in enumerate(details.scores.tolist()):
             item: dict[str, Any] = {"corpus_id": index, "score": score}
             if return_documents:
                 item["text"] = documents[index]
+            if return_spans:
+                item["span"] = details.spans[index]
+            if options.mode == "chunk":
+                item["chunks"] = int(details.chunks[index])
+                item["capped"] = bool(details.capped[index])
             results.append(item)
         results.sort(key=lambda item: item["score"], reverse=True)
         return results[:top_k]

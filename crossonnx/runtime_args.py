@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from crossonnx.engines import PROVIDERS
+from crossonnx.errors import CrossOnnxError
+from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, TRUNCATION_DIRECTIONS, LongDocuments
 from crossonnx.manifest import PRECISIONS
 
 
@@ -31,3 +33,37 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
 def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``CrossEncoder`` keyword arguments ``add_runtime_args`` declared."""
     return {"precision": args.precision, "provider": args.provider, "threads": args.threads}
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def add_long_document_args(parser: argparse.ArgumentParser) -> None:
+    """``--long-documents`` and the chunk options (crossonnx.long_documents), for every command that scores."""
+    group = parser.add_argument_group("long documents")
+    group.add_argument("--long-documents", default="truncate", choices=MODES,
+                       help="truncate: score what fits in the max length (default); chunk: score the second text in "
+                            "token windows and aggregate them")
+    group.add_argument("--chunk-tokens", type=positive_int, default=None,
+                       help="chunk: document tokens per window (default: what fits beside the query)")
+    group.add_argument("--chunk-overlap", type=_non_negative_int, default=None,
+                       help="chunk: tokens consecutive windows share (default: a quarter of the window)")
+    group.add_argument("--aggregate", default="max", choices=AGGREGATES,
+                       help="chunk: a document's score from its window scores (default max)")
+    group.add_argument("--max-chunks", type=positive_int, default=DEFAULT_MAX_CHUNKS,
+                       help=f"chunk: most windows per document, the first ones (default {DEFAULT_MAX_CHUNKS})")
+    group.add_argument("--truncation-direction", default=None, choices=TRUNCATION_DIRECTIONS,
+                       help="which end truncation cuts (default: the model's side, normally right)")
+
+
+def long_document_options(args: argparse.Namespace) -> LongDocuments:
+    """The options ``add_long_document_args`` declared (validated: a chunk option without chunk mode is an error)."""
+    try:
+        return LongDocuments(args.long_documents, args.chunk_tokens, args.chunk_overlap, args.aggregate,
+                             args.max_chunks, args.truncation_direction)
+    except ValueError as exc:
+        raise CrossOnnxError(str(exc)) from None

@@ -12,9 +12,10 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from crossonnx.architectures import TOKEN_INPUTS
+from crossonnx.long_documents import TRUNCATION_DIRECTIONS
 from crossonnx.manifest import TokenizerSpec
 
 
@@ -29,6 +30,12 @@ class EncodedPairs:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+def _encode_batch_fast(tokenizer: Tokenizer, inputs: Sequence, add_special_tokens: bool = True) -> list[Encoding]:
+    # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which scoring never reads
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return encode(inputs, add_special_tokens=add_special_tokens)
 
 
 class PairTokenizer:
@@ -47,9 +54,29 @@ class PairTokenizer:
             self.max_length, strategy="longest_first", direction=spec.truncation_side
         )
         self._want_types = "token_type_ids" in self.input_names
-        # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which scoring never reads
-        self._encode_batch = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
         self._untruncated: Tokenizer | None = None  # built on first use of untruncated_lengths
+        self._by_direction: dict[str, Tokenizer] = {spec.truncation_side: self._tokenizer}  # others on first use
+        # tokens the pair template adds ([CLS] a [SEP] b [SEP]: 3; <s> a </s></s> b </s>: 4)
+        self.pair_special_tokens = int(self._tokenizer.num_special_tokens_to_add(True))
+
+    def _truncating(self, direction: str | None) -> Tokenizer:
+        """The scoring tokenizer truncating from ``direction`` (None: the model's own side)."""
+        if direction is None:
+            return self._tokenizer
+        if direction not in TRUNCATION_DIRECTIONS:
+            raise ValueError(f"truncation_direction must be 'left' or 'right', got {direction!r}")
+        if direction not in self._by_direction:
+            tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
+            tokenizer.enable_truncation(self.max_length, strategy="longest_first", direction=direction)
+            self._by_direction[direction] = tokenizer
+        return self._by_direction[direction]
+
+    def _plain(self) -> Tokenizer:
+        """A non-truncating copy of the tokenizer (for lengths before truncation and for document windows)."""
+        if self._untruncated is None:
+            self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
+            self._untruncated.no_truncation()
+        return self._untruncated
 
     def untruncated_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair would have without truncation (special tokens included).
@@ -57,15 +84,29 @@ class PairTokenizer:
         The scoring tokenizer truncates to ``max_length``, so it cannot tell a pair of exactly ``max_length``
         tokens from a longer one; this uses a non-truncating copy of the same tokenizer.
         """
-        if self._untruncated is None:
-            self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
-            self._untruncated.no_truncation()
-        encode = getattr(self._untruncated, "encode_batch_fast", self._untruncated.encode_batch)
-        return [len(encoding.ids) for encoding in encode(list(pairs))]
+        return [len(encoding.ids) for encoding in _encode_batch_fast(self._plain(), list(pairs))]
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> EncodedPairs:
-        """Tokenize pairs (already validated) without padding."""
-        encodings = self._encode_batch(pairs)
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text alone, without special tokens and without truncation."""
+        return [len(e.ids) for e in _encode_batch_fast(self._plain(), list(texts), add_special_tokens=False)]
+
+    def pieces(self, texts: Sequence[str]) -> list[Encoding]:
+        """Each text alone, untruncated and without special tokens, with character offsets and word ids."""
+        return self._plain().encode_batch(list(texts), add_special_tokens=False)
+
+    def second_text_spans(
+        self, pairs: Sequence[tuple[str, str]], direction: str | None = None
+    ) -> list[tuple[int, int]]:
+        """The characters of each pair's second text that survive truncation: (start, end), (0, 0) if none."""
+        spans = []
+        for encoding in self._truncating(direction).encode_batch(list(pairs)):
+            kept = [offset for offset, seq in zip(encoding.offsets, encoding.sequence_ids, strict=True) if seq == 1]
+            spans.append((kept[0][0], kept[-1][1]) if kept else (0, 0))
+        return spans
+
+    def encode(self, pairs: Sequence[tuple[str, str]], direction: str | None = None) -> EncodedPairs:
+        """Tokenize pairs (already validated) without padding, truncating from ``direction`` (None: the model's)."""
+        encodings = _encode_batch_fast(self._truncating(direction), pairs)
         n = len(encodings)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
         total = int(lengths.sum())

@@ -180,8 +180,8 @@ def export_model(
     Nothing is written at ``out`` unless every requested precision passes its gate. ``precisions`` defaults to
     every precision this environment can build and validate (``default_precisions``: fp32, fp16, int8, and bf16 /
     int8-static where OpenVINO, NNCF and a bf16 CPU are there). ``gate_overrides`` take the CLI's form, e.g.
-    ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds
-    its fp32/fp16 engines from.
+    ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before ONNX Runtime's CPU fusions
+    (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines from.
     """
     request = ExportRequest.check(
         precisions, max_length=max_length, opset=opset, gate_overrides=gate_overrides, tensorrt=tensorrt,

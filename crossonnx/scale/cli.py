@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crossonnx.runtime_args import add_runtime_args, runtime_kwargs
+from crossonnx.runtime_args import add_long_document_args, add_runtime_args, long_document_options, runtime_kwargs
 
 DESCRIPTION = """\
 Score every (query, passage) row of a Parquet, JSON-lines or CSV file and write it back with a score column.
@@ -18,6 +18,7 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
     from crossonnx.encoder import CrossEncoder
     from crossonnx.scale.files import Columns, score_file
 
+    options = long_document_options(args)
     encoder = CrossEncoder(args.model_dir, **runtime_kwargs(args))
     result = score_file(
         encoder,
@@ -30,10 +31,13 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
         raw_scores=args.raw_scores,
         overwrite=args.overwrite,
         progress=args.progress,
+        long_documents=options,
     )
+    capped = result.details["capped_rows"]
+    note = f"; {capped:,} passages had more than {options.max_chunks} windows (the first were scored)" if capped else ""
     print(
         f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.pairs_per_second:,.0f} pairs/s, "
-        f"{encoder.precision}, {encoder.threads} threads) -> {result.out}",
+        f"{encoder.precision}, {encoder.threads} threads) -> {result.out}{note}",
         file=sys.stderr,
     )
     print(result.out)
@@ -65,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"rows read, scored and written at a time; bounds memory (default {DEFAULT_CHUNK_ROWS})",
     )
     p.add_argument("--raw-scores", action="store_true", help="write logits, without the model's activation")
+    add_long_document_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (after every row is scored)")
     p.add_argument(
         "--progress",

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossonnx.long_documents import LongDocuments
 from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS, ScaleError, require
 
 if TYPE_CHECKING:
@@ -436,12 +437,16 @@ def score_file(
     raw_scores: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    long_documents: LongDocuments | None = None,
 ) -> ScoreFileResult:
     """Score every (query, passage) row of ``source`` with ``encoder`` and write it to ``out`` with a score column.
 
-    The output has the input's format, columns and row order. ``raw_scores`` writes logits (no activation).
-    ``progress`` None shows the bar when stderr is a terminal.
+    The output has the input's format, columns and row order. ``raw_scores`` writes logits (no activation; chunk
+    mode then aggregates logits). ``progress`` None shows the bar when stderr is a terminal. ``long_documents``:
+    truncate (default) or chunk the passages (``crossonnx.long_documents``); ``details["capped_rows"]`` counts
+    the passages with more windows than ``max_chunks``.
     """
+    options = long_documents or LongDocuments()
     columns = columns or Columns()
     source = Path(source)
     out = Path(out) if out is not None else default_output(source)
@@ -466,7 +471,7 @@ def score_file(
     started = time.perf_counter()
     reader = open_source(source, fmt, columns, chunk_rows)
     tmp: Path | None = None
-    rows = 0
+    rows = capped = 0
     try:
         tmp = _temp_beside(out)
         sink = _open_sink(tmp, fmt, reader, columns, encoder.num_labels)
@@ -475,7 +480,13 @@ def score_file(
         position = None
         try:
             for chunk in reader.chunks():
-                scores = encoder.predict(chunk.pairs, batch_size=batch_size, activation_fn=activation)
+                if options.mode == "chunk":
+                    details = encoder.predict_details(chunk.pairs, batch_size=batch_size, activation_fn=activation,
+                                                      **options.kwargs())
+                    scores, capped = details.scores, capped + int(details.capped.sum())
+                else:
+                    scores = encoder.predict(chunk.pairs, batch_size=batch_size, activation_fn=activation,
+                                             **options.kwargs())
                 sink.write(chunk, np.asarray(scores))
                 rows += len(chunk.pairs)
                 position = chunk.position
@@ -491,4 +502,5 @@ def score_file(
             tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     return ScoreFileResult(source=source, out=out, format=fmt, rows=rows, seconds=seconds,
-                           details={"chunk_rows": chunk_rows, "batch_size": batch_size, "raw_scores": raw_scores})
+                           details={"chunk_rows": chunk_rows, "batch_size": batch_size, "raw_scores": raw_scores,
+                                    "long_documents": options.kwargs(), "capped_rows": capped})

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossonnx.long_documents import LongDocuments
 from crossonnx.scale import ScaleError, require
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class RayScorer:
 
     ``__call__`` takes a batch (pyarrow Table, pandas DataFrame or dict of numpy arrays) with the query and
     passage columns and returns it with ``score_column`` added (float32; a fixed-size list per row for
-    multi-label models). ``threads`` defaults to the CPUs Ray assigned to the actor. ``pid_column``, if set,
+    multi-label models). ``threads`` defaults to the CPUs Ray assigned to the actor. ``long_documents`` truncates
+    (default) or chunks the passages as ``CrossEncoder.predict`` does (``crossonnx.long_documents``; a capped
+    passage is logged by each actor). ``pid_column``, if set,
     also adds the id of the process that scored each row (to see how work was spread, or which actor to kill
     in a fault-tolerance test).
     """
@@ -81,6 +84,7 @@ class RayScorer:
         batch_size: int = 32,
         raw_scores: bool = False,
         pid_column: str | None = None,
+        long_documents: LongDocuments | None = None,
     ):
         from crossonnx.encoder import CrossEncoder
 
@@ -90,6 +94,7 @@ class RayScorer:
         self.batch_size = batch_size
         self.activation = "identity" if raw_scores else None
         self.pid_column = pid_column
+        self.long_documents = long_documents or LongDocuments()
         self.pid = os.getpid()
 
     def info(self) -> dict[str, Any]:
@@ -102,7 +107,8 @@ class RayScorer:
         if not pairs:
             shape = (0,) if self.encoder.num_labels == 1 else (0, self.encoder.num_labels)
             return np.empty(shape, dtype=np.float32)
-        scores = self.encoder.predict(pairs, batch_size=self.batch_size, activation_fn=self.activation)
+        scores = self.encoder.predict(pairs, batch_size=self.batch_size, activation_fn=self.activation,
+                                      **self.long_documents.kwargs())
         return np.asarray(scores, dtype=np.float32)
 
     def _column(self, names: list[str], name: str) -> None:
@@ -162,11 +168,13 @@ def score_dataset(
     threads: int | None = None,
     pid_column: str | None = None,
     preserve_order: bool = True,
+    long_documents: LongDocuments | None = None,
     **ray_remote_args: Any,
 ) -> ray.data.Dataset:
     """``ds`` with a score column, computed by ``actors`` actors of ``cpus_per_actor`` CPUs each (lazy).
 
-    ``batch_size`` is rows per ``map_batches`` call, ``model_batch_size`` pairs per model run. ``model_dir``
+    ``batch_size`` is rows per ``map_batches`` call, ``model_batch_size`` pairs per model run (windows, with
+    ``long_documents=LongDocuments("chunk", ...)``, which scores long passages in windows). ``model_dir``
     must exist at the same path on every node that runs an actor (shared storage, or copied to each node);
     a relative path is made absolute here. ``actors`` may be ``(min, max)`` for an autoscaling pool. Actors
     restart and tasks are retried when a worker dies, and ``preserve_order`` (set on the ``DataContext``
@@ -177,6 +185,11 @@ def score_dataset(
     read and write tasks, and give the dataset at least as many blocks as actors (a block goes to one actor).
     """
     require("ray", "ray[data]", "the Ray Data integration")
+    if long_documents is not None and not isinstance(long_documents, LongDocuments):
+        raise ScaleError(
+            f"long_documents must be a crossonnx.long_documents.LongDocuments (e.g. LongDocuments('chunk', "
+            f"max_chunks=10)), got {type(long_documents).__name__}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ScaleError(f"batch_size must be a positive integer, got {batch_size!r}")
     if cpus_per_actor <= 0:
@@ -219,6 +232,7 @@ def score_dataset(
                 "batch_size": model_batch_size,
                 "raw_scores": raw_scores,
                 "pid_column": pid_column,
+                "long_documents": long_documents,
             },
             batch_size=batch_size,
             batch_format="pyarrow",

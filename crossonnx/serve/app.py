@@ -10,6 +10,7 @@ at once, the ones in flight finish. Middleware: metrics, finishing bodies left u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import uuid
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 import crossonnx
 from crossonnx.encoder import CrossEncoder
+from crossonnx.long_documents import PairDetails
 from crossonnx.serve.batcher import Draining, DynamicBatcher, QueueFull, RequestTooLarge, Runner
 from crossonnx.serve.body import FinishBodyMiddleware, read_body, require_json
 from crossonnx.serve.limits import ServeLimits
@@ -34,11 +36,14 @@ from crossonnx.serve.metrics import MetricsMiddleware, ServeMetrics
 from crossonnx.serve.schema import (
     ApiError,
     CohereRerankRequest,
+    LongDocumentRequest,
     RerankRequest,
     ScoreRequest,
     invalid,
+    parse_cohere_chunks,
     parse_cohere_rerank,
     parse_json,
+    parse_long_documents,
     parse_predict,
     parse_rerank,
     too_large,
@@ -55,15 +60,17 @@ LARGE_BODY_BYTES = 1 << 20
 
 
 def default_runner(
-    encoder: CrossEncoder, limits: ServeLimits, on_tokens: Callable[[int], None] | None = None
+    encoder: CrossEncoder, limits: ServeLimits, on_tokens: Callable[[int], None] | None = None,
+    truncation_direction: str | None = None,
 ) -> Runner:
     """One merged request batch -> ``encoder.logits``: it sorts the pairs by length and cuts model batches by the
     token budget (rows are capped by the merged batch itself; 32 rows when there is no token budget).
-    ``on_tokens`` receives each merged batch's token count (after truncation), for metrics."""
+    ``on_tokens`` receives each merged batch's token count (after truncation), for metrics.
+    ``truncation_direction``: which end over-long pairs lose (default: the model's side)."""
     rows = limits.max_batch_pairs if encoder.token_budget else 32
 
     def run(pairs: list[Pair]) -> np.ndarray:
-        out, stats = encoder.logits_and_stats(pairs, batch_size=rows)
+        out, stats = encoder.logits_and_stats(pairs, batch_size=rows, truncation_direction=truncation_direction)
         if on_tokens is not None:
             on_tokens(stats.tokens)
         return out
@@ -83,6 +90,7 @@ class ServeState:
             self.runner, limits.max_batch_pairs, limits.max_queue_pairs, on_batch=self.metrics.on_batch
         )
         self.metrics.watch(self.batcher)
+        self._direction_runners: dict[str, Runner] = {}  # truncation_direction -> runner, made on first use
         self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
@@ -118,8 +126,9 @@ class ServeState:
             self._idle.set()
 
     # -- scoring ---------------------------------------------------------------------------------------------
-    async def score(self, request: ScoreRequest) -> np.ndarray:
-        """Scores of ``request.pairs`` as ``CrossEncoder.predict`` returns them (or raw logits)."""
+    async def score(self, request: ScoreRequest, runner: Runner | None = None) -> np.ndarray:
+        """Scores of ``request.pairs`` as ``CrossEncoder.predict`` returns them (or raw logits); ``runner``: see
+        ``runner_for``."""
         if not request.truncate:
             loop = asyncio.get_running_loop()
             counts = await loop.run_in_executor(None, self.encoder.token_counts, request.pairs)
@@ -133,7 +142,7 @@ class ServeState:
                     where,
                 )
         try:
-            logits = await self.batcher.submit(request.pairs)
+            logits = await self.batcher.submit(request.pairs, runner)
         except QueueFull as exc:
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(429, str(exc), "Overloaded") from None
@@ -145,6 +154,57 @@ class ServeState:
             raise ApiError(503, str(exc), "Unhealthy") from None
         self.metrics.request_pairs.observe(len(request.pairs))
         return self.encoder.scores_from_logits(logits, "identity" if request.raw_scores else None)
+
+    def runner_for(self, truncation_direction: str | None) -> Runner | None:
+        """The batcher runner that truncates from ``truncation_direction`` (None: the default runner)."""
+        if truncation_direction is None or truncation_direction == self.encoder.manifest.tokenizer.truncation_side:
+            return None
+        if truncation_direction not in self._direction_runners:
+            self._direction_runners[truncation_direction] = default_runner(
+                self.encoder, self.limits, self.metrics.batch_tokens.observe, truncation_direction
+            )
+        return self._direction_runners[truncation_direction]
+
+    async def score_details(self, request: ScoreRequest, long_request: LongDocumentRequest) -> PairDetails:
+        """``score`` with the request's long-document options: chunk mode plans windows (off the event loop),
+        queues every window as a pair and aggregates them per text; truncate mode adds spans when asked."""
+        options = long_request.options
+        runner = self.runner_for(options.truncation_direction)
+        loop = asyncio.get_running_loop()
+        n = len(request.pairs)
+        if options.mode == "truncate":
+            scores = await self.score(request, runner)
+            spans = []
+            if long_request.return_spans:
+                spans = await loop.run_in_executor(
+                    None, self.encoder.truncated_spans, request.pairs, options.truncation_direction
+                )
+            return PairDetails(scores=scores, spans=spans, chunks=np.ones(n, dtype=np.int64),
+                               capped=np.zeros(n, dtype=bool), window_scores=[], window_spans=[])
+        if self.encoder.num_labels != 1:
+            raise invalid(
+                f"chunking needs a one-label model (a document scores as its best window); this one has "
+                f"{self.encoder.num_labels} labels", "long_documents.mode",
+            )
+        plan = await loop.run_in_executor(
+            None, self.encoder.plan_windows, request.pairs, options.chunk_tokens, options.chunk_overlap,
+            options.max_chunks,
+        )
+        if not request.truncate and plan.query_truncated.any():
+            where = f"{request.item_field}[{int(np.argmax(plan.query_truncated))}]"
+            raise too_large(
+                f"the query of {where} leaves too little room for a window within the model's "
+                f"{self.encoder.max_length} tokens and would be truncated (send \"truncate\": true to truncate it)",
+                where,
+            )
+        if len(plan.pairs) > self.limits.max_queue_pairs:
+            raise too_large(
+                f"this request makes {len(plan.pairs)} windows, more than this server queues "
+                f"({self.limits.max_queue_pairs}); send fewer or shorter texts, or lower max_chunks",
+                "long_documents.max_chunks",
+            )
+        windows = dataclasses.replace(request, pairs=plan.pairs, truncate=True)
+        return plan.details(await self.score(windows, runner), options.aggregate)
 
     def require_one_label(self) -> None:
         """Reranking needs a one-label model (the encoder's rule), answered as 422."""
@@ -208,22 +268,39 @@ async def rerank(state: ServeState, data: dict[str, Any]) -> list[dict[str, Any]
     """TEI: a list of ``{index, score, text?}`` sorted by score, highest first."""
     state.require_one_label()
     request: RerankRequest = parse_rerank(data, state.limits)
-    scores = await state.score(request)
+    long_request = parse_long_documents(data)
+    details = await state.score_details(request, long_request) if long_request.active else None
+    scores = details.scores if details is not None else await state.score(request)
     values = scores.tolist()
     out = []
     for index in np.argsort(-scores, kind="stable").tolist():
         item: dict[str, Any] = {"index": index, "score": values[index]}
         if request.return_text:
             item["text"] = request.texts[index]
+        if details is not None:
+            item.update(_long_document_fields(details, long_request, index))
         out.append(item)
     return out
+
+
+def _long_document_fields(details: PairDetails, long_request: LongDocumentRequest, index: int) -> dict[str, Any]:
+    """The crossonnx fields of one result: ``chunks`` and ``capped`` in chunk mode, ``span`` when asked."""
+    fields: dict[str, Any] = {}
+    if long_request.options.mode == "chunk":
+        fields["chunks"] = int(details.chunks[index])
+        fields["capped"] = bool(details.capped[index])
+    if long_request.return_spans:
+        fields["span"] = list(details.spans[index])
+    return fields
 
 
 async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
     """Cohere: ``{"id", "results": [{index, relevance_score, document?: {text}}], "meta"}``."""
     state.require_one_label()
     request: CohereRerankRequest = parse_cohere_rerank(data, state.limits)
-    scores = await state.score(request)
+    long_request = parse_cohere_chunks(data)
+    details = await state.score_details(request, long_request) if long_request.active else None
+    scores = details.scores if details is not None else await state.score(request)
     values = scores.tolist()
     results = []
     for index in np.argsort(-scores, kind="stable").tolist()[: request.top_n]:
@@ -232,18 +309,30 @@ async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, An
             item["document"] = {"text": request.documents[index]}
         results.append(item)
     search_units = math.ceil(len(request.documents) / 100)
-    return {
-        "id": str(uuid.uuid4()),
-        "results": results,
-        "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units}},
-    }
+    meta: dict[str, Any] = {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units}}
+    if details is not None and details.capped.any():
+        capped = np.flatnonzero(details.capped).tolist()
+        meta["warnings"] = [
+            f"documents {capped} have more than max_chunks_per_doc={long_request.options.max_chunks} chunks; "
+            "only their first chunks were scored"
+        ]
+    return {"id": str(uuid.uuid4()), "results": results, "meta": meta}
 
 
 async def predict(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
     """Raw pairs: ``{"scores": [...]}`` in input order (a list per pair for multi-label models)."""
     request = parse_predict(data, state.limits)
-    scores = await state.score(request)
-    return {"scores": scores.tolist()}
+    long_request = parse_long_documents(data)
+    if not long_request.active:
+        return {"scores": (await state.score(request)).tolist()}
+    details = await state.score_details(request, long_request)
+    out: dict[str, Any] = {"scores": details.scores.tolist()}
+    if long_request.options.mode == "chunk":
+        out["chunks"] = details.chunks.tolist()
+        out["capped"] = details.capped.tolist()
+    if long_request.return_spans:
+        out["spans"] = [list(span) for span in details.spans]
+    return out
 
 
 async def health(request: Request) -> Response:

@@ -6,6 +6,9 @@ token budget) up to ``max_batch_pairs`` pairs, splits the result rows back and r
 its own loop with ``call_soon_threadsafe``. Nothing waits for a batch to fill: while the worker runs a batch, new
 requests queue up and form the next one, so a lone request runs at once and a busy server runs large batches.
 
+A submission may name its own runner (e.g. one that truncates from the left): it merges only with the queued
+requests that name the same one, in arrival order.
+
 The queue is bounded in pairs. A submission that does not fit fails at once (``QueueFull``; one larger than the
 whole queue: ``RequestTooLarge``) instead of growing memory; after ``close`` submissions fail with ``Draining``.
 Pure asyncio and threading: no web framework here.
@@ -63,6 +66,7 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    runner: Runner | None = None  # None: the batcher's own
 
 
 def _settle(future: asyncio.Future[np.ndarray], result: np.ndarray | None, error: BaseException | None) -> None:
@@ -155,10 +159,13 @@ class DynamicBatcher:
             self._resolve(job, None, error)
 
     # -- submission (event loop side) ------------------------------------------------------------------------
-    async def submit(self, pairs: Sequence[Pair]) -> np.ndarray:
-        """Queue ``pairs`` and wait for their runner output rows (in order); refuses at once when full."""
+    async def submit(self, pairs: Sequence[Pair], runner: Runner | None = None) -> np.ndarray:
+        """Queue ``pairs`` and wait for their runner output rows (in order); refuses at once when full.
+
+        ``runner`` (default: the batcher's) scores them; only requests with the same runner are merged.
+        """
         loop = asyncio.get_running_loop()
-        job = _Job(pairs, loop.create_future(), loop)
+        job = _Job(pairs, loop.create_future(), loop, runner=runner)
         count = len(pairs)
         if self._thread is None and self._accepting:  # normally started by the app's lifespan
             self.start()
@@ -187,7 +194,8 @@ class DynamicBatcher:
 
     # -- the worker thread -----------------------------------------------------------------------------------
     def _take(self) -> list[_Job] | None:
-        """The next batch: queued jobs in order while they fit ``max_batch_pairs`` (at least one); None to stop."""
+        """The next batch: queued jobs in order while they fit ``max_batch_pairs`` and share the first one's runner
+        (at least one job); None to stop."""
         with self._cond:
             while not self._queue:
                 if self._stopping:
@@ -195,7 +203,8 @@ class DynamicBatcher:
                 self._cond.wait()
             batch = [self._queue.popleft()]
             total = len(batch[0].pairs)
-            while self._queue and total + len(self._queue[0].pairs) <= self.max_batch_pairs:
+            while (self._queue and total + len(self._queue[0].pairs) <= self.max_batch_pairs
+                   and self._queue[0].runner is batch[0].runner):
                 job = self._queue.popleft()
                 batch.append(job)
                 total += len(job.pairs)
@@ -210,7 +219,7 @@ class DynamicBatcher:
             output: np.ndarray | None = None
             error: BaseException | None = None
             try:
-                output = self.runner(pairs)
+                output = (batch[0].runner or self.runner)(pairs)
                 if len(output) != len(pairs):
                     raise RuntimeError(f"the runner returned {len(output)} rows for {len(pairs)} pairs")
             except Exception as exc:  # the requests of this batch get the error; the worker goes on

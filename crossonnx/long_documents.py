@@ -1,0 +1,296 @@
+"""Long documents: score a pair's second text in token windows and aggregate the window scores.
+
+``truncate`` (the default) scores what fits in the model's max length, as sentence-transformers does. ``chunk``
+splits the second text (the document) into windows of ``chunk_tokens`` tokens that overlap by ``chunk_overlap``
+tokens, scores every window beside the first text (the query) and aggregates per document:
+
+- the default window is what fits beside the query: ``max_length`` minus the pair's special tokens minus the
+  query's tokens. A query longer than half of that room keeps half (longest-first truncation cuts it) and the
+  windows get the other half. A larger ``chunk_tokens`` is cut to what fits, so the model always sees the whole
+  window and its span is exact.
+- the default overlap is a quarter of the window (``window // 4``); an overlap is at most ``window - 1``.
+- windows start and end on word boundaries (a word: consecutive tokens with the same word id, i.e. "##"
+  continuation pieces or the BPE / SentencePiece pieces of one pre-tokenized word), so the overlap is at most
+  ``chunk_overlap`` tokens. Only a single word longer than a window (a long URL; CJK text, which byte-level BPE and
+  SentencePiece see as one word until the next space) is cut inside, between two tokens that do not share a
+  character; a text slice cut there can tokenize a little differently at the cut (SentencePiece adds its
+  word-start marker, for which such a window keeps one token free).
+- a window's text is a slice of the document by the tokenizer's character offsets, starting right after the
+  previous window token (so that a byte-level BPE word keeps its leading space and tokenizes as in the document).
+  A document that fits in one window is scored as the original pair: the same ids, the same score as truncate.
+- at most ``max_chunks`` windows per document (default 10, Cohere's ``max_chunks_per_doc``): the first ones.
+  Results say how many windows were scored and whether a document was capped.
+- aggregation is on the scores after the activation (what ``predict`` returns): ``max`` (the best window,
+  BERT-MaxP), ``first`` (the first window) or ``mean`` (of the window scores, in float64, returned as float32).
+  For a monotonic activation ``max`` of scores is the activation of ``max`` of logits. The span of a document is
+  the highest-scoring window's, whatever the aggregate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from crossonnx.tokenization import PairTokenizer
+
+Pair = tuple[str, str]
+Span = tuple[int, int]
+MODES = ("truncate", "chunk")
+AGGREGATES = ("max", "first", "mean")
+TRUNCATION_DIRECTIONS = ("left", "right")
+DEFAULT_MAX_CHUNKS = 10  # as Cohere's max_chunks_per_doc
+OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LongDocuments:
+    """How ``predict`` / ``rank`` treat a second text longer than the model's window (validated here)."""
+
+    mode: str = "truncate"
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    aggregate: str = "max"
+    max_chunks: int = DEFAULT_MAX_CHUNKS
+    truncation_direction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"long_documents must be 'truncate' or 'chunk', got {self.mode!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
+        if not _is_int(self.max_chunks) or self.max_chunks < 1:
+            raise ValueError(f"max_chunks must be a positive int, got {self.max_chunks!r}")
+        if self.chunk_tokens is not None and (not _is_int(self.chunk_tokens) or self.chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be a positive int or None, got {self.chunk_tokens!r}")
+        if self.chunk_overlap is not None and (not _is_int(self.chunk_overlap) or self.chunk_overlap < 0):
+            raise ValueError(f"chunk_overlap must be a non-negative int or None, got {self.chunk_overlap!r}")
+        if self.chunk_tokens is not None and self.chunk_overlap is not None and self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        if self.truncation_direction is not None and self.truncation_direction not in TRUNCATION_DIRECTIONS:
+            raise ValueError(f"truncation_direction must be 'left', 'right' or None, got {self.truncation_direction!r}")
+        if self.mode == "truncate":
+            for name in ("chunk_tokens", "chunk_overlap"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to long_documents='chunk'; this call truncates")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The ``predict`` / ``rank`` keyword arguments these options stand for."""
+        return {
+            "long_documents": self.mode, "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap,
+            "aggregate": self.aggregate, "max_chunks": self.max_chunks,
+            "truncation_direction": self.truncation_direction,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- windowing
+
+
+def window_tokens(room: int, query_tokens: int, chunk_tokens: int | None = None) -> int:
+    """Document tokens per window beside a query of ``query_tokens`` tokens, ``room`` = max length - specials.
+
+    What fits beside the query, or half the room when the query is longer than the other half (longest-first
+    truncation then cuts the query, never the window); ``chunk_tokens`` may ask for less, never for more.
+    """
+    fits = max(room - query_tokens, room // 2, 1)
+    return fits if chunk_tokens is None else min(chunk_tokens, fits)
+
+
+def overlap_tokens(window: int, chunk_overlap: int | None = None) -> int:
+    """The overlap between consecutive windows: ``chunk_overlap`` (default ``window // 4``), below ``window``."""
+    overlap = window // OVERLAP_DIVISOR if chunk_overlap is None else chunk_overlap
+    return max(0, min(overlap, window - 1))
+
+
+def word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
+    """Whether each token starts a word (a token without a word id is a word of its own)."""
+    ids = np.fromiter((-1 if w is None else w for w in word_ids), dtype=np.int64, count=len(word_ids))
+    starts = np.ones(len(ids), dtype=bool)
+    starts[1:] = (ids[1:] != ids[:-1]) | (ids[1:] < 0)
+    return starts
+
+
+def token_windows(
+    offsets: Sequence[Span], word_ids: Sequence[int | None], window: int, overlap: int, max_chunks: int | None
+) -> tuple[list[tuple[int, int]], int]:
+    """Token ranges ``[a, b)`` of the windows of one document (the first ``max_chunks``) and how many it needs.
+
+    Each window holds at most ``window`` tokens and ends at a word boundary; the next starts at the first word
+    start at most ``overlap`` tokens before the previous end (always after the previous start).
+    """
+    n = len(offsets)
+    if n <= window:
+        return [(0, n)], 1
+    starts = word_starts(word_ids)
+    windows: list[tuple[int, int]] = []
+    needed = 0
+    a = 0
+    while True:
+        needed += 1
+        # a slice that starts inside a word may tokenize with a word-start marker more (SentencePiece's "▁")
+        limit = max(a + 1, a + window - (0 if starts[a] else 1))
+        b = n if limit >= n else _cut(starts, offsets, a, limit)
+        if max_chunks is None or len(windows) < max_chunks:
+            windows.append((a, b))
+        if b >= n:
+            return windows, needed
+        nxt = max(b - overlap, a + 1)
+        while nxt < b and not starts[nxt]:
+            nxt += 1
+        a = nxt
+
+
+def _cut(starts: np.ndarray, offsets: Sequence[Span], a: int, limit: int) -> int:
+    """The window end in ``(a, limit]``: the last word start, else (one giant word) the last character boundary,
+    else (a window shorter than one character's byte pieces) the first character boundary after ``limit``."""
+    for b in range(limit, a, -1):
+        if starts[b]:
+            return b
+    for b in range(limit, a, -1):
+        if offsets[b][0] >= offsets[b - 1][1]:
+            return b
+    for b in range(limit + 1, len(offsets)):
+        if offsets[b][0] >= offsets[b - 1][1]:
+            return b
+    return len(offsets)
+
+
+def trim_span(text: str, start: int, end: int) -> Span:
+    """``(start, end)`` without leading or trailing whitespace (some tokenizers' offsets include a space)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+@dataclass
+class WindowPlan:
+    """The window pairs of a list of pairs, in order (each pair's windows consecutive), and where they came from."""
+
+    pairs: list[Pair]  # (query, window text) to score; the original pair where the document fits in one window
+    owners: np.ndarray  # (windows,) index of the input pair each window belongs to
+    spans: list[Span]  # (windows,) each window's characters in its document
+    tokens: list[tuple[int, int]]  # (windows,) each window's tokens [a, b) among its document's own tokens
+    chunks: np.ndarray  # (n,) windows scored per input pair
+    needed: np.ndarray  # (n,) windows each document needs without the cap
+    query_truncated: np.ndarray  # (n,) whether longest-first truncation cuts the query of a window pair
+    max_chunks: int
+
+    @property
+    def capped(self) -> np.ndarray:
+        """(n,) whether a document had more windows than ``max_chunks`` (only the first ones were scored)."""
+        return self.needed > self.chunks
+
+    def details(self, window_scores: np.ndarray, aggregate: str = "max") -> PairDetails:
+        """Per-pair results from the scores of ``pairs`` (one label: shape (windows,))."""
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        scores = np.asarray(window_scores, dtype=np.float32).reshape(-1)
+        if len(scores) != len(self.pairs):
+            raise ValueError(f"got {len(scores)} window scores for {len(self.pairs)} windows")
+        firsts = np.zeros(len(self.chunks), dtype=np.int64)
+        np.cumsum(self.chunks[:-1], out=firsts[1:])
+        if not len(scores):
+            doc_scores = np.empty(0, dtype=np.float32)
+        elif aggregate == "max":
+            doc_scores = np.maximum.reduceat(scores, firsts)
+        elif aggregate == "first":
+            doc_scores = scores[firsts]
+        else:
+            doc_scores = (np.add.reduceat(scores.astype(np.float64), firsts) / self.chunks).astype(np.float32)
+        per_doc = [scores[first : first + count] for first, count in zip(firsts, self.chunks, strict=True)]
+        best = [int(first + np.argmax(window)) for first, window in zip(firsts, per_doc, strict=True)]
+        return PairDetails(
+            scores=np.asarray(doc_scores, dtype=np.float32),
+            spans=[self.spans[i] for i in best],
+            chunks=self.chunks.copy(),
+            capped=self.capped,
+            window_scores=per_doc,
+            window_spans=[self.spans[first : first + count] for first, count in zip(firsts, self.chunks, strict=True)],
+        )
+
+
+def plan_windows(
+    tokenizer: PairTokenizer,
+    pairs: Sequence[Pair],
+    chunk_tokens: int | None = None,
+    chunk_overlap: int | None = None,
+    max_chunks: int = DEFAULT_MAX_CHUNKS,
+) -> WindowPlan:
+    """Split the second text of each (validated) pair into windows beside its first text."""
+    room = tokenizer.max_length - tokenizer.pair_special_tokens
+    queries = list(dict.fromkeys(query for query, _ in pairs))
+    query_tokens = dict(zip(queries, tokenizer.text_lengths(queries), strict=True))
+    out_pairs: list[Pair] = []
+    owners: list[int] = []
+    spans: list[Span] = []
+    tokens: list[tuple[int, int]] = []
+    chunks = np.zeros(len(pairs), dtype=np.int64)
+    needed = np.zeros(len(pairs), dtype=np.int64)
+    truncated = np.zeros(len(pairs), dtype=bool)
+    encodings: list[Encoding] = tokenizer.pieces([doc for _, doc in pairs])
+    for index, ((query, doc), encoding) in enumerate(zip(pairs, encodings, strict=True)):
+        offsets = encoding.offsets
+        q = query_tokens[query]
+        window = window_tokens(room, q, chunk_tokens)
+        ranges, needed[index] = token_windows(
+            offsets, encoding.word_ids, window, overlap_tokens(window, chunk_overlap), max_chunks
+        )
+        chunks[index] = len(ranges)
+        if len(ranges) == 1 and ranges[0] == (0, len(offsets)):  # fits: the original pair, ids as in truncate mode
+            out_pairs.append((query, doc))
+            spans.append(trim_span(doc, offsets[0][0], offsets[-1][1]) if offsets else (0, 0))
+            truncated[index] = q + len(offsets) > room
+        else:
+            for a, b in ranges:
+                text_start = 0 if a == 0 else offsets[a - 1][1]
+                out_pairs.append((query, doc[text_start : offsets[b - 1][1]]))
+                spans.append(trim_span(doc, offsets[a][0], offsets[b - 1][1]))
+            truncated[index] = q + window > room
+        owners.extend([index] * len(ranges))
+        tokens.extend(ranges)
+    return WindowPlan(
+        pairs=out_pairs, owners=np.asarray(owners, dtype=np.int64), spans=spans, tokens=tokens, chunks=chunks,
+        needed=needed,
+        query_truncated=truncated, max_chunks=max_chunks,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class PairDetails:
+    """What ``CrossEncoder.predict_details`` returns: per-pair scores and where they came from.
+
+    ``scores`` are what ``predict`` returns for the same arguments. ``spans``: the characters of each pair's
+    second text behind its score (chunk: the best window; truncate: what survived truncation). ``chunks``: windows
+    scored per pair (1 in truncate mode); ``capped``: documents with more windows than ``max_chunks``.
+    """
+
+    scores: np.ndarray
+    spans: list[Span]
+    chunks: np.ndarray
+    capped: np.ndarray
+    window_scores: list[np.ndarray]
+    window_spans: list[list[Span]]
+    model_calls: int = 0
+
+    def row(self, index: int) -> dict[str, Any]:
+        """The details of pair ``index`` as a JSON-able dict: span, chunks, capped."""
+        return {"span": self.spans[index], "chunks": int(self.chunks[index]), "capped": bool(self.capped[index])}
