@@ -145,7 +145,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer
     from crossonnx.bench.worker import engine_name
-    from crossonnx.engines import OPENVINO_ONLY
+    from crossonnx.engines import validation_provider
     from crossonnx.manifest import load_manifest
 
     threads = args.threads or 2
@@ -153,7 +153,7 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     if args.checkpoint:
         scorers["torch-fp32"] = torch_scorer(Path(args.checkpoint), "fp32", threads)
     for precision in load_manifest(args.model_dir).precisions:  # OpenVINO's own precisions on OpenVINO
-        provider = "openvino" if precision in OPENVINO_ONLY else "cpu"
+        provider = validation_provider(precision)
         scorers[engine_name(provider, precision)] = crossonnx_scorer(Path(args.model_dir), precision, threads, provider)
     reference = "torch-fp32" if args.checkpoint else next(iter(scorers))
     rows = evaluate(scorers, reference=reference, queries=args.queries, log=lambda m: print(m, file=sys.stderr))
@@ -211,10 +211,17 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
 def _cmd_providers(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from crossonnx.engines import available_providers, resolve_provider
+    from crossonnx.engines import available_providers, openvino_installed, resolve_provider
     from crossonnx.engines.onnxruntime import gpu_name, tensorrt_loadable, tensorrt_version
 
     choice = resolve_provider("auto")
+    openvino = None
+    if openvino_installed():
+        from importlib import metadata
+
+        from crossonnx.engines.openvino import cpu_capabilities
+
+        openvino = {"version": metadata.version("openvino"), "cpu_capabilities": cpu_capabilities()}
     report = {
         "onnxruntime": ort.__version__,
         "available": available_providers(),
@@ -222,7 +229,8 @@ def _cmd_providers(args: argparse.Namespace) -> int:
         "reason": choice.reason,
         "tensorrt_libraries": tensorrt_loadable(),
         "tensorrt_version": tensorrt_version(),
-        "gpu": gpu_name() if choice.provider != "cpu" else None,
+        "gpu": gpu_name() if choice.provider in ("cuda", "tensorrt") else None,
+        "openvino": openvino,
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -31,3 +31,25 @@ def _loads(library: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 arithmetic in the CPU's own flags (Linux /proc/cpuinfo): AVX-512 BF16 or AMX."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = set(handle.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def expected_default_precisions() -> set[str]:
+    """What an export without --precision writes here: fp32, fp16, int8; int8-static with OpenVINO and NNCF;
+    bf16 with OpenVINO on a CPU with bf16."""
+    out = {"fp32", "fp16", "int8"}
+    if importlib.util.find_spec("openvino") is not None:
+        if importlib.util.find_spec("nncf") is not None:
+            out.add("int8-static")
+        if cpu_has_bf16():
+            out.add("bf16")
+    return out

@@ -11,12 +11,13 @@ import pytest
 
 from crossonnx.manifest import load_manifest, sha256_file
 from crossonnx.registry import load_registry
+from installed import expected_default_precisions
 
 
 def test_manifest_describes_the_folder(tiny_exports):
     for family, folder in tiny_exports.items():
         manifest = load_manifest(folder)
-        assert set(manifest.precisions) == {"fp32", "fp16", "int8"}
+        assert set(manifest.precisions) == expected_default_precisions()
         for entry in manifest.precisions.values():
             path = folder / entry.file
             assert sha256_file(path) == entry.sha256 and path.stat().st_size == entry.bytes

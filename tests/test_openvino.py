@@ -13,16 +13,12 @@ import pytest
 
 from crossonnx import CrossEncoder, MissingExtraError, PrecisionNotExportedError
 from crossonnx.manifest import load_manifest
+from installed import cpu_has_bf16
 from pairs import FAMILIES, parity_pairs
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs crossonnx[openvino]")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_has_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -42,17 +38,17 @@ def test_real_model_fp32_is_exact_and_bf16_int8_static_are_validated(
     fp32 = CrossEncoder(reference_export, provider="openvino").predict(pairs)
     assert np.abs(fp32 - expected).max() <= 1e-5
     manifest = load_manifest(reference_export)
-    if _cpu_has_bf16():
+    if cpu_has_bf16():
         bf16 = manifest.entry("bf16")
         assert bf16.file == manifest.entry("fp32").file  # the same graph, computed in bf16
-        assert bf16.details["inference_precision"] == "bf16" and bf16.parity["passed"]
+        assert bf16.details["inference_precision"] == "bf16" and bf16.parity.passed
         encoder = CrossEncoder(reference_export, precision="bf16")  # auto: OpenVINO runs bf16
         assert (encoder.provider, encoder.info()["executes"]) == ("openvino", "bfloat16")
         got = encoder.predict(pairs)
         assert np.abs(got - expected).max() <= 0.02 and not np.array_equal(got, fp32)
     static = manifest.entry("int8-static")
     assert static.file.endswith(".xml") and set(static.extra_files) == {static.file.replace(".xml", ".bin")}
-    assert static.parity["passed"] and static.details["scheme"] == "static"
+    assert static.parity.passed and static.details["scheme"] == "static"
     got = CrossEncoder(reference_export, precision="int8-static", provider="openvino").predict(pairs)
     assert np.abs(got - expected).max() <= 0.1
 
