@@ -26,9 +26,6 @@ logger = logging.getLogger("crossonnx")
 
 Pair = tuple[str, str]
 CHUNK_PAIRS = 2048  # pairs tokenized and length-sorted together; bounds memory for very large inputs
-# Padded tokens per model call. On CPU, batches beyond a few thousand tokens are no faster (measured: 1024-2048
-# tokens match or beat unbounded batches of 32 query-passage pairs) but activation memory grows with them.
-DEFAULT_TOKEN_BUDGET = 2048
 
 
 def _describe(value: object) -> str:
@@ -135,7 +132,8 @@ class CrossEncoder:
             fastest installed engine that runs ``precision``; ``provider_reason`` says why.
         max_length: truncate pairs to this many tokens (default: the model's own limit).
         threads: CPU threads for the engine (default: every CPU this process may use).
-        token_budget: padded tokens per model call (``None``: no budget, batches of ``batch_size`` rows).
+        token_budget: padded tokens per model call; ``"auto"``: the engine's (2048 on ONNX Runtime, 8192 on
+            OpenVINO, measured); ``None``: no budget, batches of ``batch_size`` rows.
         max_batch: most rows per model call on a GPU (the TensorRT profile's bound).
         device_id: the GPU, for ``cuda`` and ``tensorrt``.
     """
@@ -147,7 +145,7 @@ class CrossEncoder:
         provider: str = "auto",
         max_length: int | None = None,
         threads: int | None = None,
-        token_budget: int | None = DEFAULT_TOKEN_BUDGET,
+        token_budget: int | Literal["auto"] | None = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
         device_id: int = 0,
     ):
@@ -161,9 +159,10 @@ class CrossEncoder:
         elif not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 < max_length <= usable:
             raise ValueError(f"max_length must be an int between 3 and {usable} for this model, got {max_length!r}")
         self.max_length = max_length
-        if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
-            raise ValueError(f"token_budget must be a positive int, got {token_budget!r}")
-        self.token_budget = token_budget
+        if token_budget not in (None, "auto") and (
+            not isinstance(token_budget, int) or isinstance(token_budget, bool) or token_budget < 1
+        ):
+            raise ValueError(f"token_budget must be a positive int, None or 'auto', got {token_budget!r}")
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         self.max_batch = max_batch
@@ -177,6 +176,7 @@ class CrossEncoder:
             self.model_dir, self.manifest, precision, self.provider,
             threads=self.threads, max_batch=self.max_batch, max_length=self.max_length, device_id=device_id,
         )
+        self.token_budget: int | None = self._engine.token_budget if token_budget == "auto" else token_budget
         self._tokenizer = PairTokenizer(
             self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer, self.max_length,
             self._engine.input_names,

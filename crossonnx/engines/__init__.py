@@ -38,6 +38,7 @@ class Engine(Protocol):
 
     provider: str
     input_names: tuple[str, ...]
+    token_budget: int  # padded tokens per call this engine runs best with (CrossEncoder's token_budget="auto")
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray: ...
 

@@ -6,7 +6,6 @@ import argparse
 import ipaddress
 import logging
 
-from crossonnx.encoder import DEFAULT_TOKEN_BUDGET
 from crossonnx.errors import CrossOnnxError, install_command, require_module
 from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
 from crossonnx.serve.limits import ServeLimits
@@ -58,10 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
     )
-    if args.token_budget is None:
-        token_budget: int | None = DEFAULT_TOKEN_BUDGET
-    else:
-        token_budget = args.token_budget or None  # 0: no token budget
+    token_budget: int | str | None = "auto" if args.token_budget is None else (args.token_budget or None)  # 0: none
     encoder = CrossEncoder(
         args.model_dir, **runtime_kwargs(args), max_length=args.max_length, token_budget=token_budget
     )
@@ -93,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
     p.add_argument("--token-budget", type=_non_negative, default=None,
-                   help=f"padded tokens per model call (default {DEFAULT_TOKEN_BUDGET}; 0: no budget, 32 rows a call)")
+                   help="padded tokens per model call (default: the engine's, 2048 on ONNX Runtime, 8192 on OpenVINO; "
+                        "0: no budget, 32 rows a call)")
     defaults = ServeLimits()
     p.add_argument("--max-batch-pairs", type=positive_int, default=defaults.max_batch_pairs,
                    help="most pairs merged from queued requests into one model call (default %(default)s)")
