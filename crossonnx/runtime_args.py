@@ -25,8 +25,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
     parser.add_argument("--precision", default="fp32",
                         help=f"which exported precision to run: {', '.join(PRECISIONS)} (default fp32)")
     parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
-                        help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto picks the fastest "
-                             "installed one that runs the precision (default auto)")
+                        help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
+                             "ONNX Runtime CPU, OpenVINO for bf16 and int8-static (default auto)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all CPUs)")
 
 

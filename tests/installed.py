@@ -11,17 +11,17 @@ import onnxruntime as ort
 def expected_auto(precision: str) -> str:
     """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
 
-    TensorRT (its provider and libnvinfer) > CUDA > OpenVINO (installed, and it runs fp32, bf16 and int8-static)
-    > ONNX Runtime CPU; TensorRT runs fp32 and fp16 only.
+    bf16 and int8-static: OpenVINO (only it runs them). Otherwise TensorRT (its provider and libnvinfer; fp32 and
+    fp16 only) > CUDA > ONNX Runtime CPU.
     """
+    if precision in ("bf16", "int8-static"):
+        return "openvino"
     offered = ort.get_available_providers()
     libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
     if "TensorrtExecutionProvider" in offered and libnvinfer and precision in ("fp32", "fp16"):
         return "tensorrt"
     if "CUDAExecutionProvider" in offered:
         return "cuda"
-    if importlib.util.find_spec("openvino") is not None and precision in ("fp32", "bf16", "int8-static"):
-        return "openvino"
     return "cpu"
 
 

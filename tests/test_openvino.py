@@ -61,11 +61,12 @@ def test_openvino_precisions_are_refused_on_onnxruntime(reference_export):
         CrossEncoder(reference_export, precision="int8", provider="openvino")
 
 
-def test_auto_picks_openvino_where_it_runs_the_precision(tiny_exports):
-    fp32 = CrossEncoder(tiny_exports["bert"])
-    assert fp32.provider == "openvino" and "OpenVINO is installed" in fp32.provider_reason
-    int8 = CrossEncoder(tiny_exports["bert"], precision="int8")
-    assert int8.provider == "cpu" and "OpenVINO does not run it" in int8.provider_reason
+def test_auto_picks_openvino_for_its_own_precisions_only(tiny_exports, reference_export):
+    for precision in ("fp32", "int8"):  # OpenVINO's fp32 measured no faster than ONNX Runtime's here
+        encoder = CrossEncoder(tiny_exports["bert"], precision=precision)
+        assert encoder.provider == "cpu" and "OpenVINO is installed" in encoder.provider_reason
+    static = CrossEncoder(reference_export, precision="int8-static")
+    assert static.provider == "openvino" and "runs on OpenVINO only" in static.provider_reason
 
 
 BLOCK_OPENVINO = """

@@ -22,6 +22,8 @@ nodes as int8 kernels, while ONNX Runtime's static QDQ int8 on CPU was reported 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -121,17 +123,19 @@ def _quantize(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    return nncf.quantize(
-        model.clone(),
-        nncf.Dataset(feeds),
-        model_type=nncf.ModelType.TRANSFORMER,
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
-        ),
-    )
+    # NNCF draws its own progress bars (rich, on stdout); the export's step log reports each run instead
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(
+            model.clone(),
+            nncf.Dataset(feeds),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(feeds),
+            ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+            ),
+        )
 
 
 def quantize_static_int8(
