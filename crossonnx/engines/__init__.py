@@ -125,7 +125,7 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
         skipped = " (TensorRT provider offered but libnvinfer not loadable)" if "tensorrt" in available else ""
         return ProviderChoice("cuda", f"auto: CUDA provider present{skipped}")
     if "openvino" in available:
-        # fp32 on OpenVINO (exact f32) measured 1.12x and 0.82x ONNX Runtime's fp32 in two runs of
+        # fp32 on OpenVINO (exact f32) measured 1.12x, 0.82x and 0.99x ONNX Runtime's fp32 in three runs of
         # benchmarks/throughput.py --issue-13, with 1.4-1.9x its memory: not a clear win, so auto keeps ONNX Runtime
         return ProviderChoice(
             "cpu", f"auto: no GPU; {precision} runs on ONNX Runtime's CPU provider (OpenVINO is installed: it is "
