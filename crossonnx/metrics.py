@@ -48,6 +48,14 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(top_a & top_b) / k
 
 
+def logit_agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How a quantized model's logits (n, labels) follow the fp32 graph's: worst Spearman over labels, and the mean
+    absolute error relative to the spread of the fp32 logits (what the int8 searches target)."""
+    scale = float(reference.std()) or 1.0
+    rhos = [spearman(candidate[:, j], reference[:, j]) for j in range(reference.shape[1])]
+    return {"spearman": min(rhos), "rel_error": float(np.abs(candidate - reference).mean() / scale)}
+
+
 def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """Max/mean absolute difference, Spearman and finiteness of ``candidate`` against ``reference``."""
     cand = np.asarray(candidate, dtype=np.float64)

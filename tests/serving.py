@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -16,6 +20,7 @@ from crossonnx.serve.limits import ServeLimits
 from crossonnx.serve.server import DrainingServer, make_server
 
 WAIT_S = 30.0
+ROOT = Path(__file__).resolve().parents[1]
 JSON = {"content-type": "application/json"}
 # small enough that the limits are reached cheaply; the body limit is over LARGE_BODY_BYTES (parsed off the loop)
 SMALL_LIMITS = ServeLimits(max_texts_per_request=16, max_text_chars=4000, max_queue_pairs=256,
@@ -38,6 +43,36 @@ class Running:
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
         return httpx.get(self.url + path, headers=headers, timeout=WAIT_S)
+
+
+@contextmanager
+def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``crossonnx serve ARGS`` in its own process on a free loopback port, once /health answers: (url, process).
+
+    The process is killed on exit if the test did not stop it; its stdout+stderr stay readable."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "crossonnx.cli", "serve", *args, "--port", str(port)]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(process.stdout.read().decode())  # type: ignore[union-attr]
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        until(healthy)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def until(predicate: Callable[[], bool]) -> None:

@@ -26,7 +26,7 @@ httpx = pytest.importorskip("httpx")
 from crossonnx.encoder import CrossEncoder  # noqa: E402
 from crossonnx.errors import InvalidInputError  # noqa: E402
 from crossonnx.serve.security import API_KEY_ENV, resolve_api_key  # noqa: E402
-from serving import JSON, SMALL_LIMITS, WAIT_S, Running, serving, until  # noqa: E402
+from serving import JSON, SMALL_LIMITS, WAIT_S, Running, cli_server, serving, until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SURROGATE = "\ud83d"  # half of a UTF-16 pair: a Python str, but not valid Unicode
@@ -313,29 +313,9 @@ def test_resolve_api_key_from_flag_or_environment():
             resolve_api_key(bad, {})
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_cli_takes_the_key_from_the_environment_and_never_logs_it(tiny_exports: dict[str, Path]):
-    port = _free_port()
-    command = [sys.executable, "-m", "crossonnx.cli", "serve", str(tiny_exports["bert"]), "--port", str(port),
-               "--threads", "1", "--log-level", "debug"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), API_KEY_ENV: KEY}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(process.stdout.read().decode())  # type: ignore[union-attr]
-            try:
-                return httpx.get(url + "/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        until(healthy)
+    args = [str(tiny_exports["bert"]), "--threads", "1", "--log-level", "debug"]
+    with cli_server(args, env={API_KEY_ENV: KEY}) as (url, process):
         body = {"query": "q", "texts": ["a"]}
         assert httpx.post(url + "/rerank", json=body, timeout=WAIT_S).status_code == 401
         authorized = {"Authorization": f"Bearer {KEY}"}
@@ -346,10 +326,6 @@ def test_cli_takes_the_key_from_the_environment_and_never_logs_it(tiny_exports: 
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT_S) == 0
         output = process.stdout.read().decode()  # type: ignore[union-attr]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert "API key is required" in output and '"POST /rerank HTTP/1.1" 401' in output  # the debug log ran
     assert KEY not in output
     assert '127.0.0.1:' in output and "203.0.113.9" not in output  # the access log names the real peer

@@ -6,11 +6,8 @@ what is queued behind it, and what is in flight when the drain starts, is then k
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +26,11 @@ from crossonnx.encoder import CrossEncoder  # noqa: E402
 from crossonnx.serve.limits import ServeLimits  # noqa: E402
 from gated import GatedRunner  # noqa: E402
 from pairs import parity_pairs  # noqa: E402
-from serving import WAIT_S, Running  # noqa: E402
+from serving import (  # noqa: E402
+    WAIT_S,
+    Running,
+    cli_server,
+)
 from serving import serving as shared_serving  # noqa: E402
 from serving import until as _until  # noqa: E402
 
@@ -321,24 +322,8 @@ def test_a_failing_model_call_is_a_json_500_and_the_server_goes_on(encoder):
 
 
 def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir, encoder):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "crossonnx.cli", "serve", str(model_dir), "--port", str(port),
-               "--threads", "1", "--max-texts-per-request", "4", "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(process.stdout.read().decode())  # type: ignore[union-attr]
-            try:
-                return httpx.get(url + "/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        _until(healthy)
+    args = [str(model_dir), "--threads", "1", "--max-texts-per-request", "4", "--log-level", "warning"]
+    with cli_server(args) as (url, process):
         response = httpx.post(url + "/rerank", json={"query": "cats", "texts": ["a cat", "a dog"]}, timeout=WAIT_S)
         assert response.status_code == 200
         np.testing.assert_allclose(
@@ -348,10 +333,6 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir, encoder):
         assert httpx.get(url + "/info", timeout=WAIT_S).json()["limits"]["max_texts_per_request"] == 4
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT_S) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_missing_serve_extra_names_the_install_command(model_dir, monkeypatch, capsys):

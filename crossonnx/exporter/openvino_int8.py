@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from crossonnx.errors import require_module
-from crossonnx.metrics import spearman
+from crossonnx.metrics import logit_agreement
 
 Feeds = list[dict[str, np.ndarray]]
 SMOOTH_QUANT_ALPHA = 0.8
@@ -112,12 +112,6 @@ def run_logits(model: Any, feeds: Feeds, hint: str, threads: int = 0) -> np.ndar
     return np.concatenate([np.asarray(request.infer(feed)[output], dtype=np.float32) for feed in feeds])
 
 
-def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    scale = float(reference.std()) or 1.0
-    rhos = [spearman(candidate[:, j], reference[:, j]) for j in range(reference.shape[1])]
-    return {"spearman": min(rhos), "rel_error": float(np.abs(candidate - reference).mean() / scale)}
-
-
 def _quantize(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -159,7 +153,7 @@ def quantize_static_int8(
     for keep in ladder:
         keep_float = head + downs[:keep]
         quantized = _quantize(model, feeds, keep_float)
-        measured = agreement(run_logits(quantized, feeds, inference_precision), reference)
+        measured = logit_agreement(run_logits(quantized, feeds, inference_precision), reference)
         met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
         plan.search.append({"float_down_projections": keep, **measured, "met": met})
         if log:

@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import head_node_names
-from crossonnx.metrics import spearman
+from crossonnx.metrics import logit_agreement
 
 Feeds = list[dict[str, np.ndarray]]
 INT64_MAX = 2**63 - 1
@@ -276,12 +276,6 @@ def analyse_matmuls(
     return first_only, errors
 
 
-def _agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    scale = float(reference.std()) or 1.0
-    rhos = [spearman(candidate[:, j], reference[:, j]) for j in range(reference.shape[1])]
-    return {"spearman": min(rhos), "rel_error": float(np.abs(candidate - reference).mean() / scale)}
-
-
 def choose_plan(
     plain: Path,
     feeds: Feeds,
@@ -301,7 +295,7 @@ def choose_plan(
         trial_path = Path(tmp) / "trial.onnx"
         for keep in ladder:
             write_int8(plain, trial_path, Int8Plan(fp32_matmuls=sorted(first_only) + ranked[:keep]))
-            measured = _agreement(run_logits(trial_path, feeds), reference)
+            measured = logit_agreement(run_logits(trial_path, feeds), reference)
             release_memory()
             met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
             base.search.append({"fp32_matmuls": keep, **measured, "met": met})
