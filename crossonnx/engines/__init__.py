@@ -27,7 +27,7 @@ from crossonnx.manifest import Manifest
 # provider name -> engine module name
 ENGINE_OF = {"cpu": "onnxruntime", "cuda": "onnxruntime", "tensorrt": "onnxruntime", "openvino": "openvino"}
 PROVIDERS = tuple(ENGINE_OF)
-# Precisions the OpenVINO engine runs, and the ones only it runs (kept here so that choosing needs no openvino)
+# Precisions only the OpenVINO engine runs (kept here so that choosing needs no openvino)
 OPENVINO_ONLY = ("bf16", "int8-static")
 OPENVINO_INSTALL = install_command("openvino")
 

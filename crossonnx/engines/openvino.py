@@ -37,13 +37,13 @@ def _openvino() -> Any:
     return require_module("openvino", "openvino", "the OpenVINO engine (provider='openvino')")
 
 
-def cpu_capabilities() -> list[str]:
+def cpu_capabilities(core: Any = None) -> list[str]:
     """What OpenVINO's CPU plugin says this CPU can compute in (e.g. FP32, BF16, INT8)."""
-    return list(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return list((core or _openvino().Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def has_bf16() -> bool:
-    return "BF16" in cpu_capabilities()
+def has_bf16(core: Any = None) -> bool:
+    return "BF16" in cpu_capabilities(core)
 
 
 def executed_precision(compiled: Any) -> str:
@@ -78,10 +78,12 @@ class OpenVinoEngine:
         entry_name, default_hint = PRECISIONS[precision]
         entry = manifest.entry(entry_name)
         hint = str(entry.details.get("inference_precision", default_hint))
-        if hint == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        core = ov.Core()
+        if hint == "bf16" and not has_bf16(core):
             raise ProviderUnavailableError(
-                f"precision {precision!r} needs a CPU with bf16 (AVX-512 BF16 or AMX); this one has none, and "
-                "crossonnx never falls back to fp32 silently. Use precision='fp32' (exact) or 'int8-static'"
+                f"precision {precision!r} was validated with bf16 arithmetic, which this CPU lacks (no AVX-512 BF16 "
+                "or AMX), and crossonnx never falls back to fp32 silently. Use precision='fp32' (exact) or 'int8' "
+                "(ONNX Runtime), or export on this CPU (its int8-static is then validated with f32)"
             )
         path = check_file(model_dir, entry)
         config = {
@@ -93,7 +95,6 @@ class OpenVinoEngine:
             # compile options the export validated this precision with (e.g. dynamic quantization settings)
             **entry.details.get("openvino_config", {}),
         }
-        core = ov.Core()
         try:
             compiled = core.compile_model(str(path), "CPU", config)
         except RuntimeError as exc:

@@ -18,8 +18,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from crossonnx.batching import plan_batches
 from crossonnx.engines import OPENVINO_ONLY
 from crossonnx.errors import ExportError, ValidationError, install_command
@@ -400,10 +398,9 @@ def _build_int8_static(export: Export) -> dict[str, Any]:
     from crossonnx.engines.openvino import has_bf16
     from crossonnx.exporter.openvino_int8 import quantize_static_int8
 
-    tokenizer = PairTokenizer(export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length,
-                              export.inputs)
-    encoded = tokenizer.encode(calibration_pairs())
-    feeds = [tokenizer.batch(encoded, np.array([row])) for row in range(len(encoded))]  # real lengths, no padding
+    feeds = calibration_feeds(  # one pair per feed: real lengths, no padding in the activation statistics
+        export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs, batch=1
+    )
     return quantize_static_int8(export.file("fp32"), export.file("int8-static"), feeds,
                                 "bf16" if has_bf16() else "f32", log=export.steps.note)
 
