@@ -4,8 +4,9 @@
     python benchmarks/accuracy.py --model stsb-roberta-base   # any models.yaml entry, for users with the Hub
 
 Engines: sentence-transformers on PyTorch fp32 (the reference) and bf16; every crossonnx (provider, precision) the
-export holds (ONNX Runtime fp32 / fp16 / int8, OpenVINO fp32 and, where exported, bf16 / int8-static); the int8
-baseline crossonnx's int8 replaced (``crossonnx-int8-plain``, its own model folder: crossonnx/bench/int8_baseline.py);
+export holds (ONNX Runtime fp32 / fp16 / int8, OpenVINO fp32 and, where exported, bf16 / int8-static /
+int8-dynamic); the int8 baseline crossonnx's int8 replaced (``crossonnx-int8-plain``, its own model folder:
+crossonnx/bench/int8_baseline.py);
 and, with the OpenVINO peers' environment (bash benchmarks/setup_peers_openvino.sh), sentence-transformers'
 ``backend="openvino"`` and its static int8 (``st-openvino``, ``st-openvino-qint8``; prepared as in the throughput
 benchmark).
@@ -36,7 +37,8 @@ from crossonnx.bench.throughput import (
 )
 from crossonnx.bench.worker import crossonnx_variant, engine_name
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
-from crossonnx.engines import OPENVINO_PRECISIONS, openvino_installed
+from crossonnx.engines import openvino_installed
+from crossonnx.engines.openvino import PRECISIONS as OPENVINO_PRECISIONS
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.exporter.source import resolve_source
 from crossonnx.manifest import load_manifest

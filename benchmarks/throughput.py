@@ -13,7 +13,8 @@ which is short for
 
     python benchmarks/throughput.py --models stsb-minilm-l6 --workloads query-passage --pairs 512 \\
         --engines st-torch-fp32,st-torch-bf16,st-openvino,st-openvino-qint8,crossonnx-fp32,crossonnx-int8,\\
-crossonnx-openvino-fp32,crossonnx-openvino-bf16,crossonnx-openvino-int8-static --no-latency --stem throughput-issue13
+crossonnx-openvino-fp32,crossonnx-openvino-bf16,crossonnx-openvino-int8-static,crossonnx-openvino-int8-dynamic \\
+        --reps 2 --rounds 3 --no-latency --stem throughput-issue13
 
 and writes benchmarks/results/throughput-issue13.{json,md,png}, with the issue-13 targets table (faithful and fast
 tier against st-openvino, torch bf16 and st-openvino-qint8; OpenVINO fp32 within 1e-5), the precision each engine
@@ -69,14 +70,14 @@ SIZES = {
 BF16_MODELS = {"stsb-minilm-l6", "ms-marco-TinyBERT-L-6"}
 ISSUE13_ENGINES = ("st-torch-fp32", "st-torch-bf16", "st-openvino", "st-openvino-qint8", "crossonnx-fp32",
                    "crossonnx-int8", "crossonnx-openvino-fp32", "crossonnx-openvino-bf16",
-                   "crossonnx-openvino-int8-static")
+                   "crossonnx-openvino-int8-static", "crossonnx-openvino-int8-dynamic")
 ISSUE13 = {"models": "stsb-minilm-l6", "workloads": "query-passage", "pairs": 512, "engines": ",".join(ISSUE13_ENGINES),
-           "no_latency": True, "stem": "throughput-issue13"}
+           "no_latency": True, "stem": "throughput-issue13", "reps": 2, "rounds": 3}
 # batch-1 latency and cold start (whole process) on the first two models
 LATENCY_ENGINES = ("st-torch-fp32", "st-torch-bf16", "crossonnx-fp32", "crossonnx-int8", "crossonnx-openvino-fp32",
                    "crossonnx-openvino-bf16")
 COLD_START_ENGINES = ("st-torch-fp32", "st-openvino", "crossonnx-fp32", "crossonnx-int8", "crossonnx-openvino-fp32",
-                      "crossonnx-openvino-bf16", "crossonnx-openvino-int8-static")
+                      "crossonnx-openvino-bf16", "crossonnx-openvino-int8-static", "crossonnx-openvino-int8-dynamic")
 ONNX_PEERS = ("sentence-transformers", "transformers", "optimum-onnx", "onnxruntime", "fastembed", "torch")
 OPENVINO_PEERS = ("sentence-transformers", "transformers", "optimum-intel", "optimum", "openvino", "nncf", "torch")
 
@@ -133,7 +134,9 @@ def main() -> None:
     parser.add_argument("--workloads", help="comma-separated (default: query-passage,sentence-pairs,rank-100)")
     parser.add_argument("--pairs", type=int, help="pairs per workload (default: scaled to each model's cost)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, help="timed passes per engine process (default 3)")
+    parser.add_argument("--rounds", type=int,
+                        help="processes per engine, engines taking turns; the median round counts (default 1)")
     parser.add_argument("--no-latency", action="store_true", default=None, help="skip the batch-1 latency runs")
     parser.add_argument("--peers-python", default=str(ROOT / ".cache/peers-venv/bin/python"),
                         help="benchmarks/setup_peers.sh's Python (st-onnx, st-onnx-qint8, fastembed)")
@@ -145,7 +148,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 reps, small inputs, no latency/cold start")
     args = parser.parse_args()
     defaults = {"models": ",".join(["stsb-minilm-l6", *SHAPES]), "engines": ",".join(ALL_ENGINES),
-                "workloads": "query-passage,sentence-pairs,rank-100", "no_latency": False,
+                "workloads": "query-passage,sentence-pairs,rank-100", "no_latency": False, "reps": 3, "rounds": 1,
                 "stem": "throughput-quick" if args.quick else "throughput"}
     for key, value in {**defaults, **(ISSUE13 if args.issue_13 else {})}.items():
         if getattr(args, key) is None:
@@ -164,10 +167,12 @@ def main() -> None:
     models = prepare(names, work, peers, peers_openvino, engines)
     doc = {"environment": environment(), "peers_versions": peers_versions(peers, ONNX_PEERS),
            "peers_openvino_versions": peers_versions(peers_openvino, OPENVINO_PEERS), "throughput": {"results": []}}
-    config = BenchConfig(threads=args.threads, reps=2 if args.quick else args.reps, peers_python=peers,
+    config = BenchConfig(threads=args.threads, reps=2 if args.quick else args.reps, rounds=args.rounds,
+                         peers_python=peers,
                          peers_openvino_python=peers_openvino, min_seconds=0.5 if args.quick else 1.0,
                          reps_for={"st-torch-bf16": 1})
-    doc["config"] = {"threads": config.threads, "reps": config.reps, "batch_size": config.batch_size}
+    doc["config"] = {"threads": config.threads, "reps": config.reps, "rounds": config.rounds,
+                     "batch_size": config.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             sizes = SIZES[model.name]

@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a models.yaml name, a Hugging Face Hub id, or a local checkpoint folder")
     p.add_argument("--out", help="output folder (default: models/<name>)")
     p.add_argument("--precision", default=None,
-                   help=f"comma-separated, from {','.join(PRECISIONS)} (default: fp32,fp16,int8, and bf16,int8-static "
-                        "where OpenVINO is installed)")
+                   help=f"comma-separated, from {','.join(PRECISIONS)} (default: fp32,fp16,int8, and OpenVINO's "
+                        "bf16,int8-static,int8-dynamic where OpenVINO and NNCF can build them)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")

@@ -126,10 +126,11 @@ class CrossEncoder:
 
     Args:
         model_dir: a folder written by ``crossonnx export``.
-        precision: ``fp32`` (exact), ``fp16``, ``int8`` (ONNX Runtime), ``bf16`` or ``int8-static`` (OpenVINO);
+        precision: ``fp32`` (exact), ``fp16``, ``int8`` (ONNX Runtime), ``bf16``, ``int8-static`` or
+            ``int8-dynamic`` (OpenVINO);
             each must have been exported and validated into the folder.
         provider: ``auto``, ``cpu`` (ONNX Runtime), ``openvino``, ``cuda`` or ``tensorrt``. ``auto``: TensorRT >
-            CUDA > ONNX Runtime CPU, and OpenVINO for bf16 and int8-static; ``provider_reason`` says why.
+            CUDA > ONNX Runtime CPU, and OpenVINO for its own precisions; ``provider_reason`` says why.
         max_length: truncate pairs to this many tokens (default: the model's own limit).
         threads: CPU threads for the engine (default: every CPU this process may use).
         token_budget: padded tokens per model call; ``"auto"``: the engine's (2048 on ONNX Runtime, 8192 on

@@ -17,15 +17,17 @@ from crossonnx.parity import Parity
 from crossonnx.scoring import ACTIVATION_FNS
 
 MANIFEST_NAME = "crossonnx.json"
-SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (int8-static's OpenVINO weights)
+SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (an OpenVINO IR's weights)
 # Every precision an export can write, and what it is. bf16 runs the fp32 graph with bf16 math on OpenVINO;
-# int8-static is NNCF's calibrated int8 for OpenVINO. Each engine states which of these it runs (crossonnx/engines).
+# int8-static is NNCF's calibrated int8 for OpenVINO; int8-dynamic has int8 weights and OpenVINO's run-time
+# quantization of activations. Each engine states which of these it runs (crossonnx/engines).
 PRECISIONS = {
     "fp32": "exact fp32 (ONNX Runtime or OpenVINO)",
     "fp16": "fp16 weights and math, fp32 layer norms and softmax (ONNX Runtime; for GPUs)",
     "int8": "dynamic int8: per-channel int8 weights, activations quantized at run time (ONNX Runtime)",
     "bf16": "the fp32 graph computed in bf16 (OpenVINO, CPUs with bf16)",
     "int8-static": "static int8 calibrated on pairs (OpenVINO)",
+    "int8-dynamic": "int8 weights, activations quantized per token at run time (OpenVINO)",
 }
 # The graph before ONNX Runtime's CPU fusions, kept for TensorRT (its contrib ops are not TensorRT layers)
 UNFUSED_GRAPH = "fp32-unfused"

@@ -26,7 +26,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
                         help=f"which exported precision to run: {', '.join(PRECISIONS)} (default fp32)")
     parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
                         help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
-                             "ONNX Runtime CPU, OpenVINO for bf16 and int8-static (default auto)")
+                             "ONNX Runtime CPU, OpenVINO for bf16 and its int8s (default auto)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all CPUs)")
 
 

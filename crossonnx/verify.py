@@ -22,7 +22,7 @@ def verify_folder(
     """Per precision: checksum ok, parity against the stored reference, and whether the export-time gate holds.
 
     ``provider`` defaults to the engine each precision was validated on at export (ONNX Runtime's CPU, OpenVINO
-    for bf16 and int8-static).
+    for bf16, int8-static and int8-dynamic).
 
     On a GPU provider the gate is the one recorded at export (measured on CPU); compare the figures, not the verdict.
     """

@@ -11,10 +11,10 @@ import onnxruntime as ort
 def expected_auto(precision: str) -> str:
     """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
 
-    bf16 and int8-static: OpenVINO (only it runs them). Otherwise TensorRT (its provider and libnvinfer; fp32 and
-    fp16 only) > CUDA > ONNX Runtime CPU.
+    bf16, int8-static and int8-dynamic: OpenVINO (only it runs them). Otherwise TensorRT (its provider and
+    libnvinfer; fp32 and fp16 only) > CUDA > ONNX Runtime CPU.
     """
-    if precision in ("bf16", "int8-static"):
+    if precision in ("bf16", "int8-static", "int8-dynamic"):
         return "openvino"
     offered = ort.get_available_providers()
     libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
@@ -44,12 +44,13 @@ def cpu_has_bf16() -> bool:
 
 
 def expected_default_precisions() -> set[str]:
-    """What an export without --precision writes here: fp32, fp16, int8; int8-static with OpenVINO and NNCF;
+    """What an export without --precision writes here: fp32, fp16, int8; int8-static and int8-dynamic with
+    OpenVINO and NNCF;
     bf16 with OpenVINO on a CPU with bf16."""
     out = {"fp32", "fp16", "int8"}
     if importlib.util.find_spec("openvino") is not None:
         if importlib.util.find_spec("nncf") is not None:
-            out.add("int8-static")
+            out.update({"int8-static", "int8-dynamic"})
         if cpu_has_bf16():
             out.add("bf16")
     return out

@@ -121,3 +121,17 @@ def test_int8_baseline_is_a_model_folder_of_its_own(tiny_checkpoints: dict[str, 
     fp32 = CrossEncoder(export, precision="fp32", provider="cpu").predict(pairs)
     assert 0 < np.abs(baseline - fp32).max() < 0.05
     assert plain_int8_folder(export, folder) == folder  # built once
+
+
+def test_rounds_merge_to_the_median_round_with_every_pass_kept() -> None:
+    from crossonnx.bench.throughput import merge_rounds
+
+    def run(rate: float, rss: float) -> dict:
+        return {"engine": "e", "pairs_per_s": rate, "pairs_per_s_all": [rate - 1, rate], "load_s": rate / 100,
+                "peak_rss_mb": rss}
+
+    merged = merge_rounds([run(100.0, 300.0), run(140.0, 350.0), run(90.0, 320.0)])
+    assert merged["pairs_per_s"] == 100.0 and merged["pairs_per_s_rounds"] == [100.0, 140.0, 90.0]
+    assert merged["pairs_per_s_all"] == [99.0, 100.0, 139.0, 140.0, 89.0, 90.0]
+    assert (merged["rounds"], merged["peak_rss_mb"], merged["load_s"]) == (3, 350.0, 1.0)
+    assert merge_rounds([{"engine": "e", "error": "no peers"}]) == {"engine": "e", "error": "no peers"}

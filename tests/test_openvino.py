@@ -1,4 +1,4 @@
-"""The OpenVINO engine: exact fp32, validated bf16 and int8-static, clear errors, and what ``auto`` picks."""
+"""The OpenVINO engine: exact fp32, validated bf16 and int8s, clear errors, and what ``auto`` picks."""
 
 from __future__ import annotations
 
@@ -53,8 +53,31 @@ def test_real_model_fp32_is_exact_and_bf16_int8_static_are_validated(
     assert np.abs(got - expected).max() <= 0.1
 
 
+def test_int8_dynamic_has_int8_weights_and_quantizes_activations_per_token_group(
+    reference_checkpoint, reference_export, st_model_factory
+):
+    import openvino as ov
+
+    entry = load_manifest(reference_export).entry("int8-dynamic")
+    assert entry.parity.passed and entry.details["scheme"] == "dynamic"
+    assert set(entry.extra_files) == {entry.file.replace(".xml", ".bin")}
+    group = entry.details["openvino_config"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"]
+    graph = ov.Core().read_model(str(reference_export / entry.file))
+    int8_weights = [  # (u8 zero points are [1, N])
+        op for op in graph.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.u8
+        and min(op.get_output_shape(0)) > 1
+    ]
+    assert len(int8_weights) == entry.details["int8_matmuls"] > 0  # every encoder MatMul; head and embeddings float
+    encoder = CrossEncoder(reference_export, precision="int8-dynamic")  # auto: OpenVINO
+    assert encoder.provider == "openvino"
+    assert encoder.info()["provider_options"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == group
+    pairs = parity_pairs(64, seed=31)
+    expected = st_model_factory(reference_checkpoint).predict(pairs, batch_size=32)
+    assert np.abs(encoder.predict(pairs) - expected).max() <= 0.05
+
+
 def test_openvino_precisions_are_refused_on_onnxruntime(reference_export):
-    for precision in ("bf16", "int8-static"):
+    for precision in ("bf16", "int8-static", "int8-dynamic"):
         with pytest.raises(PrecisionNotExportedError, match=r"OpenVINO engine only.*provider='openvino'"):
             CrossEncoder(reference_export, precision=precision, provider="cpu")
     with pytest.raises(PrecisionNotExportedError, match=r"does not run on OpenVINO.*provider='cpu'"):

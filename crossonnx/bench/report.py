@@ -177,10 +177,13 @@ def throughput_markdown(doc: dict[str, Any], title: str, command: str) -> str:
     ]
     if doc.get("peers_versions"):
         lines.append("Peers' environment: " + ", ".join(f"{k} {v}" for k, v in doc["peers_versions"].items()))
+    rounds = doc["config"].get("rounds", 1)
+    per_round = (f" The engines took turns over {rounds} rounds, a fresh process each; a rate is the median "
+                 "round's, so drift of the machine falls on all engines alike." if rounds > 1 else "")
     lines += [
         "",
         "End-to-end pairs per second (tokenize, run, activation), median of "
-        f"{doc['config']['reps']} timed passes after a warm-up, each engine in its own process, batch size "
+        f"{doc['config']['reps']} timed passes after a warm-up, each engine in its own process.{per_round} Batch size "
         f"{doc['config']['batch_size']}. `x fp32` / `x bf16`: ratio to sentence-transformers on PyTorch fp32 / "
         "bf16 in the same run. Spearman / max diff: agreement of the engine's scores with PyTorch fp32's on the "
         "same pairs (sigmoid scores, 0..1). Peak RSS: the engine's whole process.",

@@ -177,7 +177,7 @@ NAMED_ENGINES: dict[str, Callable[[argparse.Namespace], Built]] = {
 # crossonnx-int8; crossonnx-openvino-bf16 is the OpenVINO engine. Kept in step with crossonnx.engines.PROVIDERS and
 # crossonnx.manifest.PRECISIONS (a test checks), since this module imports nothing from crossonnx.
 NAMED_PROVIDERS = ("openvino", "cuda", "tensorrt")  # besides "cpu", which a name leaves out
-CROSSONNX_PRECISIONS = ("fp32", "fp16", "int8", "bf16", "int8-static")
+CROSSONNX_PRECISIONS = ("fp32", "fp16", "int8", "bf16", "int8-static", "int8-dynamic")
 ENGINE_FORMS = (f"{', '.join(NAMED_ENGINES)}, or crossonnx[-PROVIDER]-PRECISION with PROVIDER one of "
                 f"{', '.join(NAMED_PROVIDERS)} (none: ONNX Runtime CPU) and PRECISION one of "
                 f"{', '.join(CROSSONNX_PRECISIONS)}")

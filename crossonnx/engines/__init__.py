@@ -28,7 +28,7 @@ from crossonnx.manifest import Manifest
 ENGINE_OF = {"cpu": "onnxruntime", "cuda": "onnxruntime", "tensorrt": "onnxruntime", "openvino": "openvino"}
 PROVIDERS = tuple(ENGINE_OF)
 # Precisions only the OpenVINO engine runs (kept here so that choosing needs no openvino)
-OPENVINO_ONLY = ("bf16", "int8-static")
+OPENVINO_ONLY = ("bf16", "int8-static", "int8-dynamic")
 OPENVINO_INSTALL = install_command("openvino")
 
 
@@ -85,7 +85,7 @@ def resolve_provider(
 ) -> ProviderChoice:
     """'auto' or a provider name -> an installed provider that runs ``precision``, and the reason; or a clear error.
 
-    ``auto`` prefers TensorRT > CUDA (when their libraries load) > ONNX Runtime CPU; bf16 and int8-static, which
+    ``auto`` prefers TensorRT > CUDA (when their libraries load) > ONNX Runtime CPU; OpenVINO's own precisions, which
     only OpenVINO runs, go to OpenVINO. ``available`` and ``tensorrt_ready`` default to what this machine has; tests
     pass them to cover other machines.
     """
@@ -129,7 +129,7 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
         # benchmarks/throughput.py --issue-13, with 1.4-1.9x its memory: not a clear win, so auto keeps ONNX Runtime
         return ProviderChoice(
             "cpu", f"auto: no GPU; {precision} runs on ONNX Runtime's CPU provider (OpenVINO is installed: it is "
-            "auto's pick for bf16 and int8-static, and provider='openvino' runs fp32 there too)"
+            "auto's pick for bf16 and the OpenVINO int8s, and provider='openvino' runs fp32 there too)"
         )
     return ProviderChoice("cpu", "auto: no GPU provider in this onnxruntime build and no OpenVINO")
 

@@ -25,6 +25,7 @@ PRECISIONS: dict[str, tuple[str, str]] = {
     "fp32": ("fp32", "f32"),
     "bf16": ("bf16", "bf16"),
     "int8-static": ("int8-static", "f32"),
+    "int8-dynamic": ("int8-dynamic", "f32"),
 }
 INSTALL = install_command("openvino")
 # OpenVINO's CPU kernels want larger calls than ONNX Runtime's: on the real MiniLM, 512 query-passage pairs in

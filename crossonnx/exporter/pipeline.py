@@ -405,14 +405,21 @@ def _build_int8_static(export: Export) -> dict[str, Any]:
                                 "bf16" if has_bf16() else "f32", log=export.steps.note)
 
 
+def _build_int8_dynamic(export: Export) -> dict[str, Any]:
+    from crossonnx.engines.openvino import has_bf16
+    from crossonnx.exporter.openvino_int8 import compress_dynamic_int8
+
+    return compress_dynamic_int8(export.file("fp32"), export.file("int8-dynamic"), "bf16" if has_bf16() else "f32")
+
+
 def openvino_problem(precision: str) -> str | None:
     """Why this environment cannot build and validate an OpenVINO precision, or None when it can."""
     from crossonnx.engines import OPENVINO_INSTALL, openvino_installed
 
     if not openvino_installed():
         return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
-    if precision == "int8-static" and importlib.util.find_spec("nncf") is None:
-        return f"int8-static is quantized with NNCF, which is not installed: {install_command('export')}"
+    if precision in ("int8-static", "int8-dynamic") and importlib.util.find_spec("nncf") is None:
+        return f"{precision} is quantized with NNCF, which is not installed: {install_command('export')}"
     if precision == "bf16":
         from crossonnx.engines.openvino import has_bf16
 
@@ -438,6 +445,8 @@ STAGES: tuple[PrecisionStage, ...] = (
     PrecisionStage("int8-static", "model_int8_static.xml", _build_int8_static,
                    "quantizing to static int8 for OpenVINO (NNCF, calibrated on pairs)",
                    extra_files=("model_int8_static.bin",)),
+    PrecisionStage("int8-dynamic", "model_int8_dynamic.xml", _build_int8_dynamic,
+                   "storing int8 weights for OpenVINO's run-time int8 (NNCF)", extra_files=("model_int8_dynamic.bin",)),
     PrecisionStage(UNFUSED_GRAPH, "model_fp32_unfused.onnx", _keep_unfused),  # with tensorrt=True
 )
 STAGE_OF = {stage.precision: stage for stage in STAGES}
