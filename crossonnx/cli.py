@@ -125,10 +125,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     results = verify_folder(args.model_dir, args.precision.split(",") if args.precision else None, args.provider)
     ok = True
+    width = max(map(len, results), default=0)
     for precision, r in results.items():
         ok &= r["passed"]
         print(
-            f"{precision:5s} {'ok  ' if r['passed'] else 'FAIL'} max abs diff {r['max_abs_diff']:.3g}  "
+            f"{precision:{width}s} {'ok  ' if r['passed'] else 'FAIL'} max abs diff {r['max_abs_diff']:.3g}  "
             f"Spearman {r['spearman']:.6f}  ({r['n']} pairs, {r['provider']})"
         )
     return 0 if ok else 1

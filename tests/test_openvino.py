@@ -69,7 +69,7 @@ def test_int8_dynamic_has_int8_weights_and_quantizes_activations_per_token_group
     ]
     assert len(int8_weights) == entry.details["int8_matmuls"] > 0  # every encoder MatMul; head and embeddings float
     encoder = CrossEncoder(reference_export, precision="int8-dynamic")  # auto: OpenVINO
-    assert encoder.provider == "openvino"
+    assert encoder.provider == "openvino" and encoder.info()["executes"].startswith("int8 + ")
     assert encoder.info()["provider_options"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == group
     pairs = parity_pairs(64, seed=31)
     expected = st_model_factory(reference_checkpoint).predict(pairs, batch_size=32)

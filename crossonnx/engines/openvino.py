@@ -58,7 +58,7 @@ class OpenVinoEngine:
     provider = "openvino"
     token_budget = TOKEN_BUDGET
 
-    def __init__(self, compiled: Any, graph_file: str, config: dict[str, Any], version: str):
+    def __init__(self, compiled: Any, graph_file: str, config: dict[str, Any], version: str, int8: bool = False):
         self._compiled = compiled
         self.graph_file = graph_file
         self.config = config
@@ -66,7 +66,8 @@ class OpenVinoEngine:
         self.input_names = tuple(port.get_any_name() for port in compiled.inputs)
         self._output = compiled.outputs[0]
         self._local = threading.local()
-        self.executes = executed_precision(compiled)
+        # an int8 graph runs its MatMuls in int8 and everything else in the inference precision
+        self.executes = ("int8 + " if int8 else "") + executed_precision(compiled)
 
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, precision: str, *, threads: int) -> OpenVinoEngine:
@@ -103,7 +104,7 @@ class OpenVinoEngine:
                 f"OpenVINO could not compile {path} ({str(exc).splitlines()[0]}). Use provider='cpu' "
                 f"(ONNX Runtime), or reinstall the extra: {INSTALL}"
             ) from None
-        return cls(compiled, entry.file, config, ov.__version__)
+        return cls(compiled, entry.file, config, ov.__version__, int8=precision.startswith("int8"))
 
     def _request(self) -> Any:
         request = getattr(self._local, "request", None)
