@@ -85,7 +85,7 @@ class OpenVinoEngine:
             raise ProviderUnavailableError(
                 f"precision {precision!r} was validated with bf16 arithmetic, which this CPU lacks (no AVX-512 BF16 "
                 "or AMX), and crossonnx never falls back to fp32 silently. Use precision='fp32' (exact) or 'int8' "
-                "(ONNX Runtime), or export on this CPU (its int8-static is then validated with f32)"
+                "(ONNX Runtime), or export on this CPU (its OpenVINO int8s are then validated with f32)"
             )
         path = check_file(model_dir, entry)
         config = {
