@@ -37,7 +37,7 @@ from crossonnx.bench.throughput import (
 )
 from crossonnx.bench.worker import crossonnx_variant, engine_name
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
-from crossonnx.engines import openvino_installed
+from crossonnx.engines import OPENVINO_ONLY, openvino_installed
 from crossonnx.engines.openvino import PRECISIONS as OPENVINO_PRECISIONS
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.exporter.source import resolve_source
@@ -50,7 +50,7 @@ BASELINE = "crossonnx-int8-plain"  # the int8 baseline, run as crossonnx-int8 on
 
 def crossonnx_engines(manifest_precisions: list[str]) -> list[str]:
     """Every (provider, precision) this export runs: ONNX Runtime CPU for its precisions, OpenVINO for its own."""
-    engines = [engine_name("cpu", p) for p in manifest_precisions if p in ("fp32", "fp16", "int8")]
+    engines = [engine_name("cpu", p) for p in manifest_precisions if p not in OPENVINO_ONLY]
     if openvino_installed():
         engines += [engine_name("openvino", p) for p in OPENVINO_PRECISIONS if p in manifest_precisions]
     return engines

@@ -41,6 +41,7 @@ from crossonnx.bench.throughput import (
     OPENVINO_PEER_ENGINES,
     BenchConfig,
     BenchModel,
+    add_torch_ratios,
     cold_start,
     environment,
     make_peer_dir,
@@ -54,6 +55,7 @@ from crossonnx.checkpoints.stsb_minilm import build_reference_model
 from crossonnx.checkpoints.synthetic import build_seed_shape
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
+from crossonnx.runtime_args import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["ms-marco-TinyBERT-L-2", "ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-base"]
@@ -125,6 +127,25 @@ def _existing(path: str) -> str | None:
     return path if Path(path).is_file() else None
 
 
+def render(result: Path) -> None:
+    """Recompute a result's speed ratios from its rates and write its .json, .md and .png again."""
+    doc = json.loads(result.read_text(encoding="utf-8"))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in doc["throughput"]["results"]:
+        groups.setdefault((row["model"], row["workload"]), []).append(row)
+    for rows in groups.values():
+        add_torch_ratios(rows)
+    command = doc.get("command", "python benchmarks/throughput.py")
+    write_report(doc, result.parent, result.stem, command)
+
+
+def write_report(doc: dict, out: Path, stem: str, command: str) -> None:
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(throughput_markdown(doc, "Throughput", command), encoding="utf-8")
+    throughput_plot(doc, out / f"{stem}.png")
+    print(f"wrote {out}/{stem}.{{json,md,png}}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--issue-13", action="store_true",
@@ -132,11 +153,12 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated (default: stsb-minilm-l6 and the four seed shapes)")
     parser.add_argument("--engines", help="comma-separated (default: all; see crossonnx/bench/worker.py)")
     parser.add_argument("--workloads", help="comma-separated (default: query-passage,sentence-pairs,rank-100)")
-    parser.add_argument("--pairs", type=int, help="pairs per workload (default: scaled to each model's cost)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reps", type=int, help="timed passes per engine process (default 3)")
-    parser.add_argument("--rounds", type=int,
-                        help="processes per engine, engines taking turns; the median round counts (default 1)")
+    parser.add_argument("--pairs", type=positive_int, help="pairs per workload (default: scaled to each model's cost)")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--reps", type=positive_int, help="timed passes per engine process (default 3)")
+    parser.add_argument("--rounds", type=positive_int,
+                        help="processes per engine, engines taking turns; the median round counts, the lower "
+                             "middle one for an even count (default 1)")
     parser.add_argument("--no-latency", action="store_true", default=None, help="skip the batch-1 latency runs")
     parser.add_argument("--peers-python", default=str(ROOT / ".cache/peers-venv/bin/python"),
                         help="benchmarks/setup_peers.sh's Python (st-onnx, st-onnx-qint8, fastembed)")
@@ -146,7 +168,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     parser.add_argument("--stem", help="output file names (default: throughput, or throughput-quick)")
     parser.add_argument("--quick", action="store_true", help="2 reps, small inputs, no latency/cold start")
+    parser.add_argument("--render", metavar="JSON",
+                        help="measure nothing: rewrite a result JSON's ratios, markdown and plot with this code")
     args = parser.parse_args()
+    if args.render:
+        render(Path(args.render))
+        return
     defaults = {"models": ",".join(["stsb-minilm-l6", *SHAPES]), "engines": ",".join(ALL_ENGINES),
                 "workloads": "query-passage,sentence-pairs,rank-100", "no_latency": False, "reps": 3, "rounds": 1,
                 "stem": "throughput-quick" if args.quick else "throughput"}
@@ -191,12 +218,8 @@ def main() -> None:
                 {**cold_start(engine, model, config, runs=3 if args.issue_13 else 5), "model": model.name}
                 for model in models[:2] for engine in COLD_START_ENGINES if engine in engines
             ]
-    stem = args.stem
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    command = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
-    (out / f"{stem}.md").write_text(throughput_markdown(doc, "Throughput", command), encoding="utf-8")
-    throughput_plot(doc, out / f"{stem}.png")
-    print(f"wrote {out}/{stem}.{{json,md,png}}")
+    doc["command"] = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
+    write_report(doc, out, args.stem, doc["command"])
 
 
 if __name__ == "__main__":

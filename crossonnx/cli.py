@@ -159,9 +159,10 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     reference = "torch-fp32" if args.checkpoint else next(iter(scorers))
     rows = evaluate(scorers, reference=reference, queries=args.queries, log=lambda m: print(m, file=sys.stderr))
     print(f"agreement against {reference}; STSb test: 1379 pairs; rank: {args.queries} lists of 100 candidates")
-    print(f"{'engine':24s} {'STSb x100':>9s} {'max abs diff':>12s} {'Spearman':>9s} {'top-10':>7s}")
+    width = max((len(r["engine"]) for r in rows), default=6)
+    print(f"{'engine':{width}s} {'STSb x100':>9s} {'max abs diff':>12s} {'Spearman':>9s} {'top-10':>7s}")
     for r in rows:
-        print(f"{r['engine']:24s} {r['stsb_test_spearman_x100']:9.2f} {r['max_abs_diff_vs_fp32']:12.2e} "
+        print(f"{r['engine']:{width}s} {r['stsb_test_spearman_x100']:9.2f} {r['max_abs_diff_vs_fp32']:12.2e} "
               f"{r['spearman_vs_fp32']:9.5f} {r['top10_agreement']:7.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

@@ -135,3 +135,6 @@ def test_rounds_merge_to_the_median_round_with_every_pass_kept() -> None:
     assert merged["pairs_per_s_all"] == [99.0, 100.0, 139.0, 140.0, 89.0, 90.0]
     assert (merged["rounds"], merged["peak_rss_mb"], merged["load_s"]) == (3, 350.0, 1.0)
     assert merge_rounds([{"engine": "e", "error": "no peers"}]) == {"engine": "e", "error": "no peers"}
+    # a later round that failed makes the row that error, not a median of the rounds that ran
+    assert merge_rounds([run(100.0, 300.0), {"engine": "e", "error": "killed"}]) == {"engine": "e", "error": "killed"}
+    assert merge_rounds([run(100.0, 300.0), run(140.0, 350.0)])["pairs_per_s"] == 100.0  # a round's rate, not a mean

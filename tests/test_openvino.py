@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from crossonnx import CrossEncoder, MissingExtraError, PrecisionNotExportedError
+from crossonnx.engines.openvino import executed_precision
 from crossonnx.manifest import load_manifest
 from installed import cpu_has_bf16
 from pairs import FAMILIES, parity_pairs
@@ -71,6 +72,10 @@ def test_int8_dynamic_has_int8_weights_and_quantizes_activations_per_token_group
     encoder = CrossEncoder(reference_export, precision="int8-dynamic")  # auto: OpenVINO
     assert encoder.provider == "openvino" and encoder.info()["executes"].startswith("int8 + ")
     assert encoder.info()["provider_options"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == group
+    # read back from the compiled model: without run-time quantization the int8 weights are expanded to float
+    unquantized = ov.Core().compile_model(str(reference_export / entry.file), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
+    assert executed_precision(unquantized) == "int8 weights + float32"
     pairs = parity_pairs(64, seed=31)
     expected = st_model_factory(reference_checkpoint).predict(pairs, batch_size=32)
     assert np.abs(encoder.predict(pairs) - expected).max() <= 0.05

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crossonnx.bench.report import issue13_checks, issue13_markdown, target_checks, targets_markdown
+from crossonnx.bench.report import issue13_checks, issue13_markdown, speed_ratio, target_checks, targets_markdown
 
 
 def _row(engine: str, rate: float, **extra: float) -> dict:
@@ -32,7 +32,7 @@ def test_targets_met_and_missed_are_reported_with_margin() -> None:
     assert not peer["met"] and abs(peer["measured"] - 0.95) < 1e-9
     assert checks["cold start crossonnx fp32 / torch fp32"]["met"]
     assert checks["peak RSS crossonnx-int8 / torch fp32 (query-passage run)"]["met"]
-    text = "\n".join(targets_markdown(list(checks.values())))
+    text = "\n".join(targets_markdown(list(checks.values()), doc))
     assert "**no** (by 5.0%)" in text.split("fastest peer")[0] and "**no** (by 5.0%)" in text.split("fastest peer")[1]
 
 
@@ -59,7 +59,7 @@ def test_issue13_tiers_pick_the_fastest_qualifying_variant_and_say_by_how_much()
     assert fast["engine"] == "crossonnx-openvino-int8-static" and fast["met"]
     assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"]
     text = "\n".join(issue13_markdown(list(checks.values()), doc))
-    assert "crossonnx-openvino-bf16 (bfloat16) | 1.88x | >= 2x | **no** (by 6.2%)" in text
+    assert "crossonnx-openvino-bf16 (bfloat16) | 1.875x | >= 2x | **no** (by 6.2%)" in text
 
 
 def test_issue13_says_when_no_variant_qualifies_or_a_peer_is_missing() -> None:
@@ -71,3 +71,19 @@ def test_issue13_says_when_no_variant_qualifies_or_a_peer_is_missing() -> None:
     assert checks["faithful tier / st-openvino"]["met"] is False
     assert "no crossonnx variant has Spearman >= 0.9999" in checks["faithful tier / st-openvino"]["why"]
     assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"] is None
+
+
+def test_a_ratio_over_rounds_is_the_median_round_s_ratio_not_a_ratio_of_medians() -> None:
+    # round by round 1.24x, 1.299x, 1.33x: the median round is under 1.3 though the medians' ratio is 1.3
+    ours = {"pairs_per_s": 120.0, "pairs_per_s_rounds": [111.6, 120.0, 133.0]}
+    peer = {"pairs_per_s": 92.0, "pairs_per_s_rounds": [90.0, 92.4, 100.0]}
+    assert abs(speed_ratio(ours, peer) - 120.0 / 92.4) < 1e-12 and speed_ratio(ours, peer) < 1.3
+    assert abs(ours["pairs_per_s"] / peer["pairs_per_s"] - 1.3043) < 1e-4
+    assert speed_ratio({"pairs_per_s": 50.0}, peer) == 50.0 / 92.0  # no rounds: the rates' ratio
+    doc = {"config": {"rounds": 3}, "throughput": {"results": [
+        _row("st-openvino", 92.0, pairs_per_s_rounds=peer["pairs_per_s_rounds"]),
+        _row("crossonnx-openvino-bf16", 120.0, pairs_per_s_rounds=ours["pairs_per_s_rounds"],
+             spearman_vs_torch_fp32=0.99995, max_abs_diff_vs_torch_fp32=0.004),
+    ]}}
+    faithful = next(c for c in issue13_checks(doc) if c["target"] == "faithful tier / st-openvino")
+    assert not faithful["met"] and "median of 3 rounds" in issue13_markdown([faithful], doc)[0]

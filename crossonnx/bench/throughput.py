@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.report import speed_ratio
 from crossonnx.bench.worker import ST_OPENVINO_FILE, ST_OPENVINO_QINT8_FILE
 from crossonnx.bench.workloads import WORKLOADS
 from crossonnx.metrics import spearman
@@ -261,16 +262,20 @@ def compare_scores(scores: dict[str, list[float]]) -> dict[str, dict[str, float]
 
 
 def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One engine's rounds as one row: the median round's rate, every round's rate and pass, the largest RSS."""
-    if "error" in results[0]:
-        return results[0]
+    """One engine's rounds as one row: the median round's rate, every round's rate and pass, the largest RSS.
+
+    A round that failed makes the row that round's error: rates from the rounds before it would not be comparable
+    with engines that ran every round."""
+    failed = next((r for r in results if "error" in r), None)
+    if failed is not None:
+        return failed
     rates = [r["pairs_per_s"] for r in results]
     merged = dict(results[0])
     merged.update(
-        pairs_per_s=statistics.median(rates),
+        pairs_per_s=statistics.median_low(rates),
         pairs_per_s_rounds=rates,
         pairs_per_s_all=[rate for r in results for rate in r["pairs_per_s_all"]],
-        load_s=statistics.median(r["load_s"] for r in results),
+        load_s=statistics.median_low(r["load_s"] for r in results),
         peak_rss_mb=max(r["peak_rss_mb"] for r in results),
         rounds=len(results),
     )
@@ -291,15 +296,16 @@ def run_matrix(models: list[BenchModel], engines: list[str], workloads: list[str
             runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in engines}
             for round_no in range(1, config.rounds + 1):
                 for engine in engines:
-                    if runs[engine] and "error" in runs[engine][0]:
+                    if any("error" in r for r in runs[engine]):
                         continue
                     scores_file = work / f"scores-{model.name}-{workload}-{engine}.json"
-                    log(f"  {model.name:26s} {workload:15s} {engine:30s} round {round_no}", end="", flush=True)
+                    log(f"  {model.name:26s} {workload:15s} {engine:31s} round {round_no}", end="", flush=True)
                     result = run_engine(engine, model, pairs_file, config, scores_file)
                     if "error" not in result:
                         scores[engine] = json.loads(scores_file.read_text())
                         log(f" {result['pairs_per_s']:9.1f} pairs/s  executes {result.get('executes')}")
                     else:
+                        scores.pop(engine, None)
                         log(f" error: {result['error']}")
                     runs[engine].append(result)
             rows = []
@@ -308,18 +314,25 @@ def run_matrix(models: list[BenchModel], engines: list[str], workloads: list[str
                 result.update(model=model.name, workload=workload, real_weights=model.real_weights)
                 rows.append(result)
             agreement = compare_scores(scores)
-            reference = next((r for r in rows if r["engine"] == REFERENCE_ENGINE and "error" not in r), None)
-            bf16 = next((r for r in rows if r["engine"] == "st-torch-bf16" and "error" not in r), None)
             for row in rows:
-                if "error" in row:
-                    continue
-                row.update(agreement.get(row["engine"], {}))
-                if reference:
-                    row["x_torch_fp32"] = row["pairs_per_s"] / reference["pairs_per_s"]
-                if bf16:
-                    row["x_torch_bf16"] = row["pairs_per_s"] / bf16["pairs_per_s"]
+                if "error" not in row:
+                    row.update(agreement.get(row["engine"], {}))
+            add_torch_ratios(rows)
             results.extend(rows)
     return {"kind": "throughput", "results": results}
+
+
+def add_torch_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set ``x_torch_fp32`` / ``x_torch_bf16`` on one model's and workload's rows (``speed_ratio``)."""
+    reference = next((r for r in rows if r["engine"] == REFERENCE_ENGINE and "error" not in r), None)
+    bf16 = next((r for r in rows if r["engine"] == "st-torch-bf16" and "error" not in r), None)
+    for row in rows:
+        if "error" in row:
+            continue
+        if reference:
+            row["x_torch_fp32"] = speed_ratio(row, reference)
+        if bf16:
+            row["x_torch_bf16"] = speed_ratio(row, bf16)
 
 
 def run_latency(models: list[BenchModel], engines: list[str], config: BenchConfig, work: Path, calls: int = 200,

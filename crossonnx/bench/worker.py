@@ -94,14 +94,20 @@ def st_openvino(args: argparse.Namespace, file_name: str) -> Built:
 
 
 def openvino_precision(ov_model: object) -> str:
-    """The inference precision an optimum OVModel's compiled model really runs (OpenVINO's CPU plugin defaults to
-    bf16 where the CPU has bf16), read back from the compiled model."""
+    """What an optimum OVModel's compiled model really runs, read back from it: its inference precision (OpenVINO's
+    CPU plugin defaults to bf16 where the CPU has bf16), as "int8 + ..." when int8 FullyConnected layers run beside
+    it (the rule of crossonnx.engines.openvino.executed_precision, which this module cannot import; NNCF's static
+    int8 is the only int8 a peer runs)."""
     if getattr(ov_model, "request", None) is None:
         ov_model.compile()  # type: ignore[attr-defined]
     compiled = ov_model.request  # type: ignore[attr-defined]
     if hasattr(compiled, "get_compiled_model"):  # an InferRequest
         compiled = compiled.get_compiled_model()
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+    layers = (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())
+    int8 = any(info["layerType"].astype(str) == "FullyConnected"
+               and info["runtimePrecision"].astype(str) in ("i8", "u8") for info in layers)
+    return f"int8 + {hint}" if int8 else hint
 
 
 ST_OPENVINO_FILE = "openvino/openvino_model.xml"  # what CrossEncoder(..., backend="openvino").save_pretrained wrote

@@ -28,7 +28,8 @@ from crossonnx.manifest import Manifest
 ENGINE_OF = {"cpu": "onnxruntime", "cuda": "onnxruntime", "tensorrt": "onnxruntime", "openvino": "openvino"}
 PROVIDERS = tuple(ENGINE_OF)
 # Precisions only the OpenVINO engine runs (kept here so that choosing needs no openvino)
-OPENVINO_ONLY = ("bf16", "int8-static", "int8-dynamic")
+OPENVINO_INT8 = ("int8-static", "int8-dynamic")  # quantized by NNCF at export; their MatMuls run in int8
+OPENVINO_ONLY = ("bf16", *OPENVINO_INT8)
 OPENVINO_INSTALL = install_command("openvino")
 
 
@@ -125,8 +126,8 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
         skipped = " (TensorRT provider offered but libnvinfer not loadable)" if "tensorrt" in available else ""
         return ProviderChoice("cuda", f"auto: CUDA provider present{skipped}")
     if "openvino" in available:
-        # fp32 on OpenVINO (exact f32) measured 1.12x, 0.82x and 0.99x ONNX Runtime's fp32 in three runs of
-        # benchmarks/throughput.py --issue-13, with 1.4-1.9x its memory: not a clear win, so auto keeps ONNX Runtime
+        # fp32 on OpenVINO (exact f32) measured 0.82x-1.12x ONNX Runtime's fp32 in five runs of
+        # benchmarks/throughput.py --issue-13, with about 2x its memory: not a clear win, so auto keeps ONNX Runtime
         return ProviderChoice(
             "cpu", f"auto: no GPU; {precision} runs on ONNX Runtime's CPU provider (OpenVINO is installed: it is "
             "auto's pick for bf16 and the OpenVINO int8s, and provider='openvino' runs fp32 there too)"

@@ -48,8 +48,21 @@ def has_bf16(core: Any = None) -> bool:
 
 
 def executed_precision(compiled: Any) -> str:
-    """The inference precision the compiled model really runs (read back, not assumed)."""
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+    """What the compiled model really runs, read back from it (not assumed from the file): its inference precision,
+    as "int8 + bf16" when int8 matrix multiplications run beside it. A FullyConnected layer with int8 weights runs
+    in int8 when its input is quantized too: statically (an int8 primitive) or at run time
+    (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` > 0); else the plugin expands the weights to float ("int8 weights + ...")."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+    layers = [{key: info[key].astype(str) for key in ("layerType", "runtimePrecision", "primitiveType")}
+              for info in (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())]
+    int8 = [info for info in layers if info["layerType"] == "FullyConnected"
+            and info["runtimePrecision"] in ("i8", "u8")]
+    if not int8:
+        return hint
+    static = any(info["primitiveType"].lower().endswith("_i8") for info in int8)
+    if static or int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) > 0:
+        return f"int8 + {hint}"
+    return f"int8 weights + {hint}"
 
 
 class OpenVinoEngine:
@@ -58,7 +71,7 @@ class OpenVinoEngine:
     provider = "openvino"
     token_budget = TOKEN_BUDGET
 
-    def __init__(self, compiled: Any, graph_file: str, config: dict[str, Any], version: str, int8: bool = False):
+    def __init__(self, compiled: Any, graph_file: str, config: dict[str, Any], version: str):
         self._compiled = compiled
         self.graph_file = graph_file
         self.config = config
@@ -66,8 +79,7 @@ class OpenVinoEngine:
         self.input_names = tuple(port.get_any_name() for port in compiled.inputs)
         self._output = compiled.outputs[0]
         self._local = threading.local()
-        # an int8 graph runs its MatMuls in int8 and everything else in the inference precision
-        self.executes = ("int8 + " if int8 else "") + executed_precision(compiled)
+        self.executes = executed_precision(compiled)
 
     @classmethod
     def load(cls, model_dir: Path, manifest: Manifest, precision: str, *, threads: int) -> OpenVinoEngine:
@@ -104,7 +116,7 @@ class OpenVinoEngine:
                 f"OpenVINO could not compile {path} ({str(exc).splitlines()[0]}). Use provider='cpu' "
                 f"(ONNX Runtime), or reinstall the extra: {INSTALL}"
             ) from None
-        return cls(compiled, entry.file, config, ov.__version__, int8=precision.startswith("int8"))
+        return cls(compiled, entry.file, config, ov.__version__)
 
     def _request(self) -> Any:
         request = getattr(self._local, "request", None)

@@ -71,11 +71,11 @@ class StaticInt8Plan:
 
 
 def _openvino() -> Any:
-    return require_module("openvino", "openvino", "the int8-static precision")
+    return require_module("openvino", "openvino", what="OpenVINO's int8 precisions (int8-static, int8-dynamic)")
 
 
 def _nncf() -> Any:
-    return require_module("nncf", "export", "nncf", "the int8-static precision")
+    return require_module("nncf", "export", "nncf", "OpenVINO's int8 precisions (int8-static, int8-dynamic)")
 
 
 def weight_matmuls(model: Any) -> list[Any]:

@@ -176,10 +176,11 @@ def export_model(
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
     Nothing is written at ``out`` unless every requested precision passes its gate. ``precisions`` defaults to
-    every precision this environment can build and validate (``default_precisions``: fp32, fp16, int8, and bf16 /
-    int8-static where OpenVINO, NNCF and a bf16 CPU are there). ``gate_overrides`` take the CLI's form, e.g.
-    ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps the graph before ONNX Runtime's CPU fusions
-    (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines from.
+    every precision this environment can build and validate (``default_precisions``: fp32, fp16, int8, and
+    OpenVINO's int8-static and int8-dynamic where OpenVINO and NNCF are there, bf16 where the CPU has it too).
+    ``gate_overrides`` take the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps
+    the graph before ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines
+    from.
     """
     request = ExportRequest.check(
         precisions, max_length=max_length, opset=opset, gate_overrides=gate_overrides, tensorrt=tensorrt,
@@ -414,11 +415,11 @@ def _build_int8_dynamic(export: Export) -> dict[str, Any]:
 
 def openvino_problem(precision: str) -> str | None:
     """Why this environment cannot build and validate an OpenVINO precision, or None when it can."""
-    from crossonnx.engines import OPENVINO_INSTALL, openvino_installed
+    from crossonnx.engines import OPENVINO_INSTALL, OPENVINO_INT8, openvino_installed
 
     if not openvino_installed():
         return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
-    if precision in ("int8-static", "int8-dynamic") and importlib.util.find_spec("nncf") is None:
+    if precision in OPENVINO_INT8 and importlib.util.find_spec("nncf") is None:
         return f"{precision} is quantized with NNCF, which is not installed: {install_command('export')}"
     if precision == "bf16":
         from crossonnx.engines.openvino import has_bf16
