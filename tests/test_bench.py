@@ -138,3 +138,14 @@ def test_rounds_merge_to_the_median_round_with_every_pass_kept() -> None:
     # a later round that failed makes the row that error, not a median of the rounds that ran
     assert merge_rounds([run(100.0, 300.0), {"engine": "e", "error": "killed"}]) == {"engine": "e", "error": "killed"}
     assert merge_rounds([run(100.0, 300.0), run(140.0, 350.0)])["pairs_per_s"] == 100.0  # a round's rate, not a mean
+
+
+def test_reports_tell_cpu_generations_apart_that_share_their_flags() -> None:
+    from crossonnx.bench.machine import core_generation, cpu_info, describe_cpu
+
+    assert core_generation("AuthenticAMD", 26, {"avx512f"}) == "Zen 5"
+    assert core_generation("AuthenticAMD", 25, {"avx512f", "avx512_bf16"}) == "Zen 4"
+    assert core_generation("AuthenticAMD", 25, {"avx2"}) == "Zen 3"
+    assert core_generation("GenuineIntel", 6, {"avx512f"}) is None
+    info = cpu_info()  # this machine's /proc/cpuinfo
+    assert isinstance(info["family"], int) and f"family {info['family']} model" in describe_cpu(info)

@@ -20,24 +20,30 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_info() -> dict[str, object]:
-    """CPU model name, the SIMD flags that decide fp32/bf16/int8 kernels, and the CPUs this process may use."""
-    model, flags = platform.processor() or "unknown", set()
+    """CPU model name and family, the SIMD flags that decide fp32/bf16/int8 kernels, and the CPUs this process may
+    use. Flags alone do not tell CPU generations apart (AMD Zen 4 and Zen 5 both list AVX-512 BF16 and VNNI; Zen 5
+    runs 512-bit instructions at twice the width), hence the family and model numbers."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if (line.startswith("model name") and model in ("unknown", "")) or line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":
                     break
     except OSError:
         pass
+    flags = set(fields.get("flags", "").split())
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 0
     return {
-        "model": model,
+        "model": fields.get("model name") or platform.processor() or "unknown",
+        "vendor": fields.get("vendor_id", ""),
+        "family": _int(fields.get("cpu family")),
+        "model_number": _int(fields.get("model")),
+        "core": core_generation(fields.get("vendor_id", ""), _int(fields.get("cpu family")), flags),
         "machine": platform.machine(),
         "cpus": cpus,
         "simd": [flag for flag in INTERESTING_FLAGS if flag in flags],
@@ -47,6 +53,21 @@ def cpu_info() -> dict[str, object]:
         "int8": {flag: flag in flags for flag in INT8_FLAGS},
         "openvino": openvino_cpu(),
     }
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def core_generation(vendor: str, family: int | None, flags: set[str]) -> str | None:
+    """The AMD core generation where family and flags decide it (Zen 4: family 25 with AVX-512; Zen 5: family 26)."""
+    if vendor != "AuthenticAMD" or family is None:
+        return None
+    if family == 26:
+        return "Zen 5"
+    if family == 25:
+        return "Zen 4" if "avx512f" in flags else "Zen 3"
+    return None
 
 
 def openvino_cpu() -> dict[str, object] | None:
@@ -75,8 +96,10 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 
 def describe_cpu(info: dict[str, object]) -> str:
-    text = (f"{info['model']} ({info['machine']}, {info['cpus']} CPUs); SIMD: {' '.join(info['simd'])}; "
-            f"absent: {' '.join(info['no_simd'])}")
+    family = f", family {info['family']} model {info['model_number']}" if info.get("family") is not None else ""
+    core = f" {info['core']}" if info.get("core") else ""
+    text = (f"{info['model']}{core} ({info['machine']}{family}, {info['cpus']} CPUs); SIMD: "
+            f"{' '.join(info['simd'])}; absent: {' '.join(info['no_simd'])}")
     for kind in ("bf16", "int8"):
         if kind in info:
             text += f"; {kind}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info[kind].items())
