@@ -53,6 +53,21 @@ def test_real_model_fp32_is_exact_and_bf16_int8_static_are_validated(
     got = CrossEncoder(reference_export, precision="int8-static", provider="openvino").predict(pairs)
     assert np.abs(got - expected).max() <= 0.1
 
+    import openvino as ov
+
+    # attention's activation MatMuls stay float (their int8 cost rank agreement and saved no time); the rest is int8
+    graph = {op.get_friendly_name(): op for op in ov.Core().read_model(str(reference_export / static.file)).get_ops()}
+    attention = static.details["float_attention_matmuls"]
+    assert attention and len(attention) % 2 == 0  # query x key and probabilities x value in every layer
+
+    def quantized_inputs(name: str) -> int:
+        return sum(port.get_source_output().get_node().get_type_name() == "FakeQuantize"
+                   for port in graph[name].inputs())
+
+    assert all(quantized_inputs(name) == 0 for name in attention)
+    weight_matmuls = [n for n, op in graph.items() if op.get_type_name() == "MatMul" and n not in attention]
+    assert sum(quantized_inputs(n) > 0 for n in weight_matmuls) == static.details["quantized_matmuls"] > 0
+
 
 def test_int8_dynamic_has_int8_weights_and_quantizes_activations_per_token_group(
     reference_checkpoint, reference_export, st_model_factory
