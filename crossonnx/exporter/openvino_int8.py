@@ -16,8 +16,8 @@ against PyTorch fp32 on 256 query-passage pairs / 600 STSb test pairs):
 - NNCF's transformer preset also quantizes attention's two activation-by-activation MatMuls (query x key, and the
   softmax probabilities x value: one scale per tensor for probabilities in 0..1). Leaving them in the inference
   precision: 0.99908-0.99931 on twelve held-out sets of 1024 query-passage pairs (on three of them 0.99921-0.99923,
-  where quantizing them gave 0.99883-0.99897), at the same speed (OpenVINO's int8 attention ran no faster than its bf16 one: 54 against 56 ms
-  on one 32 x 190 batch, AMD Zen 5).
+  where quantizing them gave 0.99883-0.99897), at the same speed (OpenVINO's int8 attention ran no faster than its
+  bf16 one: 54 against 56 ms on one 32 x 190 batch, AMD Zen 5).
 
 So the plan is: asymmetric activations, SmoothQuant 0.8, the classifier head (the last two weight MatMuls) and
 attention's activation MatMuls left in float, and the fewest down-projections, first layers first, left in float
