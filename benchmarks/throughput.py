@@ -130,11 +130,7 @@ def _existing(path: str) -> str | None:
 def render(result: Path) -> None:
     """Recompute a result's speed ratios from its rates and write its .json, .md and .png again."""
     doc = json.loads(result.read_text(encoding="utf-8"))
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in doc["throughput"]["results"]:
-        groups.setdefault((row["model"], row["workload"]), []).append(row)
-    for rows in groups.values():
-        add_torch_ratios(rows)
+    add_torch_ratios(doc["throughput"]["results"])
     command = doc.get("command", "python benchmarks/throughput.py")
     write_report(doc, result.parent, result.stem, command)
 

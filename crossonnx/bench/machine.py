@@ -34,16 +34,17 @@ def cpu_info() -> dict[str, object]:
     except OSError:
         pass
     flags = set(fields.get("flags", "").split())
+    vendor, family = fields.get("vendor_id", ""), _int(fields.get("cpu family"))
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 0
     return {
         "model": fields.get("model name") or platform.processor() or "unknown",
-        "vendor": fields.get("vendor_id", ""),
-        "family": _int(fields.get("cpu family")),
+        "vendor": vendor,
+        "family": family,
         "model_number": _int(fields.get("model")),
-        "core": core_generation(fields.get("vendor_id", ""), _int(fields.get("cpu family")), flags),
+        "core": core_generation(vendor, family, flags),
         "machine": platform.machine(),
         "cpus": cpus,
         "simd": [flag for flag in INTERESTING_FLAGS if flag in flags],
@@ -76,12 +77,13 @@ def openvino_cpu() -> dict[str, object] | None:
         import openvino as ov
     except ImportError:
         return None
+    from crossonnx.engines.openvino import precision_name
+
     core = ov.Core()
-    hint = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
     return {
         "version": ov.__version__.split("-")[0],
         "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
-        "default_inference_precision": hint.removeprefix("<Type: '").removesuffix("'>"),
+        "default_inference_precision": precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT")),
     }
 
 

@@ -323,16 +323,16 @@ def run_matrix(models: list[BenchModel], engines: list[str], workloads: list[str
 
 
 def add_torch_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``x_torch_fp32`` / ``x_torch_bf16`` on one model's and workload's rows (``speed_ratio``)."""
-    reference = next((r for r in rows if r["engine"] == REFERENCE_ENGINE and "error" not in r), None)
-    bf16 = next((r for r in rows if r["engine"] == "st-torch-bf16" and "error" not in r), None)
+    """Set ``x_torch_fp32`` / ``x_torch_bf16`` on every row, against PyTorch's rows of the same model and workload
+    (``speed_ratio``)."""
+    torch_rows = {(r["model"], r["workload"], r["engine"]): r for r in rows
+                  if r["engine"] in (REFERENCE_ENGINE, "st-torch-bf16") and "error" not in r}
     for row in rows:
         if "error" in row:
             continue
-        if reference:
-            row["x_torch_fp32"] = speed_ratio(row, reference)
-        if bf16:
-            row["x_torch_bf16"] = speed_ratio(row, bf16)
+        for key, engine in (("x_torch_fp32", REFERENCE_ENGINE), ("x_torch_bf16", "st-torch-bf16")):
+            if (torch_row := torch_rows.get((row["model"], row["workload"], engine))) is not None:
+                row[key] = speed_ratio(row, torch_row)
 
 
 def run_latency(models: list[BenchModel], engines: list[str], config: BenchConfig, work: Path, calls: int = 200,

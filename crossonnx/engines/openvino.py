@@ -47,12 +47,17 @@ def has_bf16(core: Any = None) -> bool:
     return "BF16" in cpu_capabilities(core)
 
 
+def precision_name(hint: Any) -> str:
+    """An OpenVINO element type as the plain name it prints (``<Type: 'bfloat16'>`` -> ``bfloat16``)."""
+    return str(hint).removeprefix("<Type: '").removesuffix("'>")
+
+
 def executed_precision(compiled: Any) -> str:
     """What the compiled model really runs, read back from it (not assumed from the file): its inference precision,
     as "int8 + bf16" when int8 matrix multiplications run beside it. A FullyConnected layer with int8 weights runs
     in int8 when its input is quantized too: statically (an int8 primitive) or at run time
     (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` > 0); else the plugin expands the weights to float ("int8 weights + ...")."""
-    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
+    hint = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     layers = [{key: info[key].astype(str) for key in ("layerType", "runtimePrecision", "primitiveType")}
               for info in (op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops())]
     int8 = [info for info in layers if info["layerType"] == "FullyConnected"
