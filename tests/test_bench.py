@@ -149,3 +149,15 @@ def test_reports_tell_cpu_generations_apart_that_share_their_flags() -> None:
     assert core_generation("GenuineIntel", 6, {"avx512f"}) is None
     info = cpu_info()  # this machine's /proc/cpuinfo
     assert isinstance(info["family"], int) and f"family {info['family']} model" in describe_cpu(info)
+
+
+def test_heldout_agreement_scores_fresh_seeds_per_set(tiny_exports: dict[str, Path]) -> None:
+    from crossonnx.bench.accuracy import crossonnx_scorer, heldout_agreement
+
+    export = tiny_exports["bert"]
+    scorers = {"torch-fp32": crossonnx_scorer(export, "fp32", 1), "int8": crossonnx_scorer(export, "int8", 1)}
+    out = heldout_agreement(scorers, sets=3, pairs=16, log=lambda _: None)
+    assert [s["seed"] for s in out["int8"]["sets"]] == [1, 2, 3]
+    assert out["torch-fp32"]["min_spearman"] == pytest.approx(1.0) and out["torch-fp32"]["max_abs"] == 0.0
+    assert out["int8"]["max_abs"] > 0.0
+    assert out["int8"]["min_spearman"] == min(s["spearman"] for s in out["int8"]["sets"])

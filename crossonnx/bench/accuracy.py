@@ -102,3 +102,26 @@ def evaluate(scorers: dict[str, Scorer], reference: str = "torch-fp32", queries:
                                                                                   strict=True)])),
         })
     return out
+
+
+def heldout_agreement(scorers: dict[str, Scorer], sets: int, pairs: int, reference: str = "torch-fp32",
+                      first_seed: int = 1, log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Agreement with ``reference`` on ``sets`` fresh sets of query-passage pairs (``query_passage_pairs`` with
+    seeds ``first_seed``...; the throughput benchmark's own pairs are seed 0), each engine scoring all of them in
+    one call: per set Spearman and max abs difference, and their worst and median over the sets."""
+    from crossonnx.bench.workloads import query_passage_pairs
+
+    seeds = list(range(first_seed, first_seed + sets))
+    flat = [pair for seed in seeds for pair in query_passage_pairs(pairs, seed)]
+    scores: dict[str, np.ndarray] = {}
+    for name, score in scorers.items():
+        log(f"  scoring {sets} held-out sets of {pairs} query-passage pairs with {name}")
+        scores[name] = score(flat).reshape(sets, pairs)
+    out: dict[str, dict[str, Any]] = {}
+    for name, got in scores.items():
+        per_set = [{"seed": seed, "spearman": spearman(a, b), "max_abs": float(np.abs(a - b).max())}
+                   for seed, a, b in zip(seeds, got, scores[reference], strict=True)]
+        rho = [item["spearman"] for item in per_set]
+        out[name] = {"sets": per_set, "min_spearman": min(rho), "median_spearman": float(np.median(rho)),
+                     "max_abs": max(item["max_abs"] for item in per_set)}
+    return out

@@ -1,0 +1,182 @@
+"""Where OpenVINO's time goes, per precision, against this CPU's matrix-multiplication peak: the "why" behind the
+issue-13 speed figures (benchmarks/results/engine_profile.{json,md}).
+
+    python benchmarks/engine_profile.py     # about 2 minutes on 2 cores; exports the reference model if needed
+
+It runs the runtime's own OpenVINO engine (each precision's graph and compile options, plus ``PERF_COUNT``) over
+the batches ``CrossEncoder`` plans for the throughput benchmark's query-passage pairs (real MiniLM, batch 32),
+adds up OpenVINO's per-layer times by kind (int8 matmuls, float matmuls, attention, the rest), divides each kind's
+operations (from the fp32 graph at each batch's shape) by its time, and sets the matmul rates beside one MatMul of
+the model's largest shape run alone (the practical peak of that arithmetic on this CPU). See
+crossonnx/bench/engine_profile.py for the rules.
+
+Bounds in the report: "matmuls only" is the pairs/s the precision would reach if everything but its matmuls took no
+time; "matmuls at peak" additionally runs every matmul at the one-MatMul-alone rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from crossonnx.bench.engine_profile import (
+    KINDS,
+    float_matmul_names,
+    forward_work,
+    kind_rates,
+    matmul_peak,
+    open_openvino,
+    profile_engine,
+    workload_feeds,
+)
+from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.workloads import query_passage_pairs
+from crossonnx.checkpoints.stsb_minilm import build_reference_model
+from crossonnx.engines import OPENVINO_INT8
+from crossonnx.engines.openvino import PRECISIONS
+from crossonnx.exporter.pipeline import export_model
+from crossonnx.manifest import load_manifest
+from crossonnx.runtime_args import positive_int
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARIES = ("crossonnx", "numpy", "openvino", "nncf", "tokenizers")
+PEAK_ARITHMETIC = {"f32": ("f32", False), "bf16": ("bf16", False), "int8": ("bf16", True)}
+
+
+def model_folder(path: Path | None, work: Path) -> Path:
+    """The given export, or the throughput benchmark's export of the reference model (made here if missing)."""
+    if path is not None:
+        return path
+    out = work / "onnx" / "stsb-minilm-l6"
+    if not (out / "crossonnx.json").is_file():
+        export_model(str(build_reference_model()), out=out)
+    return out
+
+
+def peak_for(kind: str, executes: str, peaks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The one-MatMul-alone figure a kind is compared with: int8, or the float precision the engine executes."""
+    if kind == "int8 matmul":
+        return peaks.get("int8")
+    if kind == "float matmul":
+        return peaks.get("bf16" if "bfloat16" in executes else "f32")
+    return None
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"# Where OpenVINO's time goes — {doc['model']}",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Date: {doc['date']}  ",
+        f"CPU: {describe_cpu(doc['cpu'])}  ",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in doc["libraries"].items()),
+        "",
+        f"Workload: {doc['pairs']} query-passage pairs of the throughput benchmark, batch {doc['batch_size']}, "
+        f"{doc['threads']} threads; {doc['batches']} batches as CrossEncoder plans them (median "
+        f"{doc['median_batch'][0]} x {doc['median_batch'][1]} tokens). Times: OpenVINO's per-layer counters "
+        "(PERF_COUNT), summed over the batches, fastest of the passes; pairs/s from the wall time of the same "
+        "inferences (model only: no tokenization). Each precision's one-MatMul-alone peaks are measured right after "
+        "its profile, so that the machine's drift falls on both.",
+        "",
+        "| precision | executes | pairs/s | int8 matmul | float matmul | attention | other | bound: matmuls only | "
+        "bound: matmuls at peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in doc["rows"]:
+        total = sum(row["ms"].values())
+        shares = [f"{row['ms'][k]:.0f} ms ({100 * row['ms'][k] / total:.0f}%)" if row["ms"][k] else "–" for k in KINDS]
+        lines.append(f"| {row['precision']} | {row['executes']} | {row['pairs_per_s']:.1f} | {' | '.join(shares)} | "
+                     f"{row['bound_matmuls_only']:.0f} | {row['bound_matmuls_at_peak']:.0f} |")
+    lines += ["", "| precision | kind | kernels | G ops | ms | G ops/s | one MatMul alone: G ops/s (kernel) | "
+              "of peak |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in doc["rows"]:
+        total_ops = sum(rate["gops"] for rate in row["rates"].values())
+        for kind, rate in row["rates"].items():
+            if rate["gops"] < 0.01 * total_ops:  # e.g. int8-dynamic's float head: too little work for a rate
+                continue
+            peak = row["peaks"].get(kind)
+            alone = f"{peak['gops']:.0f} ({peak['kernel']})" if peak else "–"
+            share = f"{100 * rate['gops_per_s'] / peak['gops']:.0f}%" if peak else "–"
+            kernels = ", ".join(row["kernels"].get(kind, []))
+            lines.append(f"| {row['precision']} | {kind} | {kernels} | {rate['gops']:.0f} | {rate['ms']:.0f} | "
+                         f"{rate['gops_per_s']:.0f} | {alone} | {share} |")
+    lines += ["", *doc["notes"], ""]
+    return "\n".join(lines)
+
+
+NOTES = [
+    "- G ops: 2 x multiply-adds, from the fp32 graph reshaped to each batch (crossonnx's [CLS]-only last layer "
+    "included). A matmul kind's time includes what OpenVINO fused into it (bias, GELU, quantize / dequantize).",
+    "- One MatMul alone: [median batch tokens x K] x [K x N] at the model's largest weight shape, in the same "
+    "arithmetic (int8: a FakeQuantize on the activations and int8 weights per output channel, NNCF's pattern).",
+    "- Bound, matmuls only: pairs / (matmul ms): what removing every other cost would give at today's matmul speed. "
+    "Bound, matmuls at peak: pairs / (matmul G ops / the one-MatMul-alone rate).",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, help="an exported model folder (default: the reference model)")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache/bench")
+    parser.add_argument("--pairs", type=positive_int, default=512)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--reps", type=positive_int, default=3, help="passes over the batches; the fastest counts")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--stem", default="engine_profile")
+    args = parser.parse_args()
+
+    model_dir = model_folder(args.model_dir, args.work)
+    manifest = load_manifest(model_dir)
+    pairs = query_passage_pairs(args.pairs)
+    rows: list[dict[str, Any]] = []
+    work = None
+    for precision in [p for p in PRECISIONS if p in manifest.precisions]:
+        engine = open_openvino(model_dir, precision, args.threads)
+        feeds = workload_feeds(model_dir, engine, pairs, args.batch_size)
+        shapes = [tuple(feed["input_ids"].shape) for feed in feeds]
+        if work is None:
+            per_shape = forward_work(model_dir / manifest.entry("fp32").file, set(shapes))
+            work = [per_shape[shape] for shape in shapes]
+            median = sorted(shapes, key=lambda s: s[0] * s[1])[len(shapes) // 2]
+            largest = max(work[0].matmul_shapes, key=lambda s: s[0] * s[1])
+        print(f"profiling {precision} ({len(feeds)} batches)", flush=True)
+        profile = profile_engine(model_dir, engine, feeds, reps=args.reps)
+        # the peaks right after each profile: the machine's speed drifts, and the comparison should not
+        peaks = {name: matmul_peak(hint, median[0] * median[1], *largest, args.threads, int8)
+                 for name, (hint, int8) in PEAK_ARITHMETIC.items()}
+        int8 = precision in OPENVINO_INT8
+        rates = kind_rates(profile, work, float_matmul_names(manifest.entry(precision).details) if int8 else None)
+        matmul_ms = sum(profile["ms"][k] for k in ("int8 matmul", "float matmul"))
+        at_peak_ms = sum(rate["gops"] / peak_for(kind, profile["executes"], peaks)["gops"] * 1000
+                         for kind, rate in rates.items() if kind != "attention")
+        rows.append({
+            "precision": precision, "executes": profile["executes"], "ms": profile["ms"],
+            "wall_ms": profile["wall_ms"], "pairs_per_s": len(pairs) / profile["wall_ms"] * 1000,
+            "rates": rates, "kernels": profile["kernels"],
+            "peaks": {kind: peak for kind in rates if (peak := peak_for(kind, profile["executes"], peaks))},
+            "bound_matmuls_only": len(pairs) / matmul_ms * 1000,
+            "bound_matmuls_at_peak": len(pairs) / at_peak_ms * 1000,
+        })
+    assert work is not None, f"{model_dir} has no OpenVINO precision"
+    doc = {
+        "model": manifest.source.get("registry_name") or model_dir.name,
+        "command": "python benchmarks/engine_profile.py",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_info(), "libraries": library_versions(LIBRARIES),
+        "pairs": len(pairs), "batch_size": args.batch_size, "threads": args.threads, "batches": len(work),
+        "median_batch": list(median), "median_padded_tokens": statistics.median(s[0] * s[1] for s in shapes),
+        "rows": rows, "notes": NOTES,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.stem}.json").write_text(json.dumps(doc, indent=1))
+    (args.out / f"{args.stem}.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
