@@ -46,7 +46,7 @@ from crossonnx.engines import OPENVINO_ONLY, openvino_installed
 from crossonnx.engines.openvino import PRECISIONS as OPENVINO_PRECISIONS
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.exporter.source import resolve_source
-from crossonnx.manifest import load_manifest
+from crossonnx.manifest import PRECISIONS, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = {"torch-fp32": "st-torch-fp32", "torch-bf16": "st-torch-bf16"}  # report name -> worker engine
@@ -54,8 +54,9 @@ BASELINE = "crossonnx-int8-plain"  # the int8 baseline, run as crossonnx-int8 on
 
 
 def crossonnx_engines(manifest_precisions: list[str]) -> list[str]:
-    """Every (provider, precision) this export runs: ONNX Runtime CPU for its precisions, OpenVINO for its own."""
-    engines = [engine_name("cpu", p) for p in manifest_precisions if p not in OPENVINO_ONLY]
+    """Every (provider, precision) this export runs: ONNX Runtime CPU for its precisions, OpenVINO for its own.
+    TensorRT's unfused graph (an entry of its own, not a precision) is left out."""
+    engines = [engine_name("cpu", p) for p in manifest_precisions if p in PRECISIONS and p not in OPENVINO_ONLY]
     if openvino_installed():
         engines += [engine_name("openvino", p) for p in OPENVINO_PRECISIONS if p in manifest_precisions]
     return engines
