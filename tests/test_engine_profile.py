@@ -50,6 +50,7 @@ def test_int8_static_profile_splits_matmuls_as_its_plan_says(reference_export: P
     assert [len(feed["input_ids"]) for feed in feeds] == [4, 4, 4]
     profile = profile_engine(reference_export, engine, feeds, reps=1)
     assert set(profile["ms"]) == set(KINDS) and all(ms > 0 for ms in profile["ms"].values())
+    assert profile["wall_ms"] > 0 and profile["settled_wall_ms"] > 0
     shapes = [tuple(feed["input_ids"].shape) for feed in feeds]
     per_shape = forward_work(reference_export / manifest.entry("fp32").file, set(shapes))
     work = [per_shape[shape] for shape in shapes]
