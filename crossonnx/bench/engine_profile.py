@@ -3,7 +3,7 @@
 The profile runs the model folder's own graph with the runtime engine's compile options plus ``PERF_COUNT``, over
 the batches the runtime plans for a workload, and adds up OpenVINO's per-layer times by kind:
 
-- ``int8 matmul`` / ``float matmul``: FullyConnected layers (weight MatMuls), by the kernel that ran them;
+- ``int8 matmul`` / ``float matmul``: FullyConnected layers (weight MatMuls), by the precision they ran in;
 - ``attention``: the fused Snippets subgraphs that hold attention's softmax (query x key, softmax, x value);
 - ``other``: everything else (layer norms, residual adds, quantize / dequantize steps, splits, transposes).
 
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from crossonnx.batching import plan_batches
+from crossonnx.engines import Engine
 from crossonnx.engines.openvino import OpenVinoEngine
 from crossonnx.exporter.openvino_int8 import attention_matmuls, weight_matmuls
 from crossonnx.manifest import load_manifest
@@ -42,7 +43,7 @@ class Work:
     matmul_shapes: list[tuple[int, int]]  # (K, N) of each weight MatMul
 
 
-def workload_feeds(model_dir: Path, engine: Any, pairs: list[tuple[str, str]], batch_size: int) -> list[Feed]:
+def workload_feeds(model_dir: Path, engine: Engine, pairs: list[tuple[str, str]], batch_size: int) -> list[Feed]:
     """The padded batches the runtime would run for ``pairs`` on ``engine`` (length-sorted, under its token
     budget), as ``CrossEncoder`` plans them."""
     manifest = load_manifest(model_dir)
