@@ -1,5 +1,5 @@
 """Where OpenVINO's time goes, per precision, against this CPU's matrix-multiplication peak: the "why" behind the
-issue-13 speed figures (benchmarks/results/engine_profile.{json,md}).
+issue-13 speed figures (benchmarks/results/engine_profile.{json,md,png}).
 
     python benchmarks/engine_profile.py     # about 2 minutes on 2 cores; exports the reference model if needed
 
@@ -113,6 +113,45 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(doc: dict[str, Any], out: Path) -> Path | None:
+    """Stacked bars: each precision's model time per pass over the workload, by kind (the layer counters' shares
+    of its wall time), with its pairs/s and its bound if only the matmuls took time."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = doc["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.7 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    for kind in KINDS:
+        widths = [row["wall_ms"] / 1000 * row["ms"][kind] / sum(row["ms"].values()) for row in rows]
+        ax.barh([row["precision"] for row in rows], widths, left=left, label=kind)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for i, row in enumerate(rows):
+        ax.text(left[i], i, f"  {row['pairs_per_s']:.0f} pairs/s (matmuls only: {row['bound_matmuls_only']:.0f})",
+                va="center", fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(left) * 1.45)  # room for the labels
+    ax.set_xlabel(f"seconds for {doc['pairs']} query-passage pairs (model only, {doc['threads']} threads)")
+    ax.set_title(f"Where OpenVINO's time goes: {doc['model']}, {doc['cpu'].get('core') or doc['cpu']['model']}",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
+def write(doc: dict[str, Any], out: Path, stem: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    (out / f"{stem}.md").write_text(markdown(doc))
+    plot(doc, out / f"{stem}.png")
+
+
 NOTES = [
     "- G ops: 2 x multiply-adds, from the fp32 graph reshaped to each batch (crossonnx's [CLS]-only last layer "
     "included). A matmul kind's time includes what OpenVINO fused into it (bias, GELU, quantize / dequantize).",
@@ -133,7 +172,13 @@ def main() -> None:
     parser.add_argument("--reps", type=positive_int, default=3, help="passes over the batches; the fastest counts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--stem", default="engine_profile")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="rewrite a result's markdown and plot, no run")
     args = parser.parse_args()
+    if args.render:
+        doc = json.loads(args.render.read_text())
+        doc["notes"] = NOTES
+        write(doc, args.render.parent, args.render.stem)
+        return
 
     model_dir = model_folder(args.model_dir, args.work)
     manifest = load_manifest(model_dir)
@@ -182,9 +227,7 @@ def main() -> None:
         "median_batch": list(median), "median_padded_tokens": statistics.median(s[0] * s[1] for s in shapes),
         "rows": rows, "notes": NOTES,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.stem}.json").write_text(json.dumps(doc, indent=1))
-    (args.out / f"{args.stem}.md").write_text(markdown(doc))
+    write(doc, args.out, args.stem)
     print(markdown(doc))
 
 
