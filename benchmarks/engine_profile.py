@@ -57,12 +57,13 @@ def model_folder(path: Path | None, work: Path) -> Path:
     return out
 
 
-def peak_for(kind: str, executes: str, peaks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The one-MatMul-alone figure a kind is compared with: int8, or the float precision the engine executes."""
+def peak_arithmetic(kind: str, executes: str) -> str | None:
+    """The arithmetic of the one-MatMul-alone figure a kind is compared with (a ``PEAK_ARITHMETIC`` key): int8, or
+    the float precision the engine executes; None for attention."""
     if kind == "int8 matmul":
-        return peaks.get("int8")
+        return "int8"
     if kind == "float matmul":
-        return peaks.get("bf16" if "bfloat16" in executes else "f32")
+        return "bf16" if "bfloat16" in executes else "f32"
     return None
 
 
@@ -196,24 +197,26 @@ def main() -> None:
             largest = max(work[0].matmul_shapes, key=lambda s: s[0] * s[1])
         print(f"profiling {precision} ({len(feeds)} batches)", flush=True)
         profile = profile_engine(model_dir, engine, feeds, reps=args.reps)
-        # the peaks right after each profile: the machine's speed drifts, and the comparison should not
-        peaks = {name: matmul_peak(hint, median[0] * median[1], *largest, args.threads, int8)
-                 for name, (hint, int8) in PEAK_ARITHMETIC.items()}
         int8 = precision in OPENVINO_INT8
         rates = kind_rates(profile, work, float_matmul_names(manifest.entry(precision).details) if int8 else None)
+        # the peaks this precision's matmuls are compared with, right after its profile: the machine's speed drifts,
+        # and the comparison should not
+        arithmetic = {kind: name for kind in rates if (name := peak_arithmetic(kind, profile["executes"]))}
+        measured = {name: matmul_peak(PEAK_ARITHMETIC[name][0], median[0] * median[1], *largest, args.threads,
+                                      PEAK_ARITHMETIC[name][1]) for name in set(arithmetic.values())}
+        peaks = {kind: measured[name] for kind, name in arithmetic.items()}
         # the per-layer counters add up to a little more than the wall time (OpenVINO prepares layers while others
         # run); bounds scale them to the wall time
         scale = profile["wall_ms"] / sum(profile["ms"].values())
         matmul_ms = scale * sum(profile["ms"][k] for k in ("int8 matmul", "float matmul"))
-        at_peak_ms = scale * sum(rate["gops"] / peak_for(kind, profile["executes"], peaks)["gops"] * 1000
-                         for kind, rate in rates.items() if kind != "attention")
+        at_peak_ms = scale * sum(rates[kind]["gops"] / peak["gops"] * 1000 for kind, peak in peaks.items())
         rows.append({
             "precision": precision, "executes": profile["executes"], "ms": profile["ms"],
             "wall_ms": profile["wall_ms"], "settled_wall_ms": profile["settled_wall_ms"],
             "shape_change_ms": max(0.0, profile["wall_ms"] - profile["settled_wall_ms"]),
             "pairs_per_s": len(pairs) / profile["wall_ms"] * 1000,
             "rates": rates, "kernels": profile["kernels"],
-            "peaks": {kind: peak for kind in rates if (peak := peak_for(kind, profile["executes"], peaks))},
+            "peaks": peaks,
             "bound_matmuls_only": len(pairs) / matmul_ms * 1000,
             "bound_matmuls_at_peak": len(pairs) / at_peak_ms * 1000,
         })

@@ -73,6 +73,7 @@ def test_int8_dynamic_runs_every_encoder_matmul_in_int8(reference_export: Path) 
         reference_export, engine, query_passage_pairs(4), batch_size=4), reps=1)
     assert profile["matmul_layers"] == {"int8 matmul": plan["int8_matmuls"], "float matmul": 2}  # the head
 
+
 def test_layer_kinds() -> None:
     assert kind_of("FullyConnected", "u8", "MatMul_188,Add_189") == "int8 matmul"
     assert kind_of("FullyConnectedQuantizedLegacy", "i8", "") == "int8 matmul"

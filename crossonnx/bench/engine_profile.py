@@ -106,8 +106,9 @@ def profile_engine(model_dir: Path, engine: OpenVinoEngine, feeds: list[Feed], r
 
     Each batch runs twice in a row. The first run, after a batch of another shape as in real use, gives the
     workload's wall time; the second, at an unchanged shape, gives the per-layer counters and the "settled" wall
-    time. After a shape change OpenVINO re-prepares its layers (in parallel, so the first run's per-layer times add
-    up to more than its wall time); that cost is the difference of the two wall times, reported on its own.
+    time. After a shape change OpenVINO re-prepares its layers; that cost is the difference of the two wall times,
+    reported on its own. The counters add up to a few percent over the wall time (OpenVINO prepares layers while
+    others run), so shares are of their sum.
     """
     import openvino as ov
 
