@@ -29,32 +29,21 @@ from crossonnx.bench.engine_profile import (
     forward_work,
     kind_rates,
     matmul_peak,
+    model_folder,
     open_openvino,
     profile_engine,
     workload_feeds,
 )
 from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
 from crossonnx.bench.workloads import query_passage_pairs
-from crossonnx.checkpoints.stsb_minilm import build_reference_model
 from crossonnx.engines import OPENVINO_INT8
 from crossonnx.engines.openvino import PRECISIONS
-from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.runtime_args import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("crossonnx", "numpy", "openvino", "nncf", "tokenizers")
 PEAK_ARITHMETIC = {"f32": ("f32", False), "bf16": ("bf16", False), "int8": ("bf16", True)}
-
-
-def model_folder(path: Path | None, work: Path) -> Path:
-    """The given export, or the throughput benchmark's export of the reference model (made here if missing)."""
-    if path is not None:
-        return path
-    out = work / "onnx" / "stsb-minilm-l6"
-    if not (out / "crossonnx.json").is_file():
-        export_model(str(build_reference_model()), out=out)
-    return out
 
 
 def peak_arithmetic(kind: str, executes: str) -> str | None:

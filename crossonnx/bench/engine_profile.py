@@ -95,6 +95,20 @@ def float_matmul_names(details: dict[str, Any]) -> set[str]:
     return set(details.get("float_matmuls") or details.get("float_weights") or ())
 
 
+def model_folder(path: Path | None, work: Path) -> Path:
+    """The given export, or the throughput benchmark's export of the reference model under ``work`` (made there if
+    missing)."""
+    if path is not None:
+        return path
+    from crossonnx.checkpoints.stsb_minilm import build_reference_model
+    from crossonnx.exporter.pipeline import export_model
+
+    out = work / "onnx" / "stsb-minilm-l6"
+    if not (out / "crossonnx.json").is_file():
+        export_model(str(build_reference_model()), out=out)
+    return out
+
+
 def open_openvino(model_dir: Path, precision: str, threads: int) -> OpenVinoEngine:
     """The runtime's OpenVINO engine for ``precision`` (its compile options are what the profile runs)."""
     return OpenVinoEngine.load(model_dir, load_manifest(model_dir), precision, threads=threads)

@@ -1,0 +1,70 @@
+"""One OpenVINO stream with every thread (the runtime engine) against several streams with a share each.
+
+OpenVINO's CPU plugin can split its threads into streams, each running its own infer request. With two streams of
+one thread each and two batches in flight, no layer waits for the other thread, which can raise throughput; but a
+lone batch then runs on one thread, and a second compiled model for it costs memory. This module measures both
+sides on the runtime's own graph and compile options, for benchmarks/openvino_streams.py.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossonnx.engines.openvino import OpenVinoEngine
+
+Feed = dict[str, np.ndarray]
+
+
+def compile_streams(model_dir: Path, engine: OpenVinoEngine, streams: int) -> Any:
+    """``engine``'s graph compiled with its own options, but its threads split over ``streams`` streams."""
+    import openvino as ov
+
+    config = {key: value for key, value in engine.config.items() if key != "PERFORMANCE_HINT"}
+    config["NUM_STREAMS"] = int(streams)
+    return ov.Core().compile_model(str(model_dir / engine.graph_file), "CPU", config)
+
+
+def run_pipelined(compiled: Any, feeds: list[Feed], in_flight: int) -> list[np.ndarray]:
+    """Each feed's output, in order, with up to ``in_flight`` feeds running at once (one infer request each, taken
+    in turn, so the streams stay busy while outputs are read back in input order)."""
+    requests = [compiled.create_infer_request() for _ in range(max(1, in_flight))]
+    output = compiled.outputs[0]
+    results: list[np.ndarray] = []
+    for index, feed in enumerate(feeds):
+        request = requests[index % len(requests)]
+        if index >= len(requests):  # this request still holds feed index - len(requests)
+            request.wait()
+            results.append(np.array(request.get_tensor(output).data, dtype=np.float32))
+        request.start_async(feed)
+    for index in range(max(0, len(feeds) - len(requests)), len(feeds)):
+        request = requests[index % len(requests)]
+        request.wait()
+        results.append(np.array(request.get_tensor(output).data, dtype=np.float32))
+    return results
+
+
+def median_ms(run: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``run()`` over ``reps`` calls, after one untimed call."""
+    run()
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MiB (Linux ``/proc/self/statm``; NaN elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
