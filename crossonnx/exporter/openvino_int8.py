@@ -26,14 +26,15 @@ per sample (real lengths, no padding: padded positions would distort the activat
 operations run in bf16 where the CPU has it (the plan records what the file was validated with) and in f32
 elsewhere.
 
-The result is an OpenVINO IR (``.xml`` + ``.bin``), an engine-specific file: OpenVINO executes NNCF's FakeQuantize
-nodes as int8 kernels, while ONNX Runtime's static QDQ int8 on CPU was reported no faster than its dynamic int8
-(ORT #24374), which crossonnx already ships as ``int8``.
+The result is an OpenVINO IR (``.xml`` + ``.bin``), an engine-specific file: the same recipe as a portable QDQ ONNX
+file ran on OpenVINO at the IR's speed and accuracy, but on ONNX Runtime at 0.65x the dynamic int8 crossonnx already
+ships as ``int8`` (benchmarks/graph_formats.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from collections.abc import Callable
@@ -131,7 +132,9 @@ def run_logits(model: Any, feeds: Feeds, hint: str, threads: int = 0) -> np.ndar
     return np.concatenate([np.asarray(request.infer(feed)[output], dtype=np.float32) for feed in feeds])
 
 
-def _quantize(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
+def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
+    """int8-static's NNCF recipe (above) applied to ``model``, an OpenVINO model or an ONNX ModelProto (which NNCF
+    returns as a QDQ ONNX model), with the nodes ``keep_float`` names left in float; ``model`` is not changed."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -139,7 +142,7 @@ def _quantize(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
     # NNCF draws its own progress bars (rich, on stdout); the export's step log reports each run instead
     with contextlib.redirect_stdout(io.StringIO()):
         return nncf.quantize(
-            model.clone(),
+            model.clone() if hasattr(model, "clone") else copy.deepcopy(model),
             nncf.Dataset(feeds),
             model_type=nncf.ModelType.TRANSFORMER,
             preset=nncf.QuantizationPreset.MIXED,
@@ -171,7 +174,7 @@ def quantize_static_int8(
     best: tuple[float, Any, list[str]] | None = None
     for keep in ladder:
         keep_float = head + downs[:keep]
-        quantized = _quantize(model, feeds, keep_float + attention)
+        quantized = nncf_static_int8(model, feeds, keep_float + attention)
         measured = logit_agreement(run_logits(quantized, feeds, inference_precision), reference)
         met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
         plan.search.append({"float_down_projections": keep, **measured, "met": met})
