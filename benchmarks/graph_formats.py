@@ -141,7 +141,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['threads']} threads, model only, each engine with its own token budget; {doc['rounds']} rounds in "
         "alternating order, the median round's rate, and the median of the per-round ratios to ONNX Runtime's "
         f"dynamic int8. QDQ file: {doc['qdq']['quantizer']}, {doc['qdq']['int8_matmuls']} int8 MatMuls, "
-        f"{len(doc['qdq']['float_matmuls'])} weight MatMuls in float as int8-static's plan says, attention in float, "
+        f"{len(doc['qdq']['float_matmuls'])} in float (attention's, and those int8-static's plan keeps in float), "
         f"calibrated on {doc['qdq']['calibration_feeds']} export pairs. Agreement: with ONNX Runtime fp32.",
         "",
         "| engine | file | MB | pairs/s | x ONNX Runtime int8 | Spearman (logits) | max abs diff (scores) |",
