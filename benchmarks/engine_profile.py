@@ -34,7 +34,8 @@ from crossonnx.bench.engine_profile import (
     profile_engine,
     workload_feeds,
 )
-from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.report import pyplot, result_header, write_result
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.engines import OPENVINO_INT8
 from crossonnx.engines.openvino import PRECISIONS
@@ -58,13 +59,7 @@ def peak_arithmetic(kind: str, executes: str) -> str | None:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
-        f"# Where OpenVINO's time goes — {doc['model']}",
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Date: {doc['date']}  ",
-        f"CPU: {describe_cpu(doc['cpu'])}  ",
-        "Libraries: " + ", ".join(f"{k} {v}" for k, v in doc["libraries"].items()),
-        "",
+        *result_header(f"Where OpenVINO's time goes — {doc['model']}", doc),
         f"Workload: {doc['pairs']} query-passage pairs of the throughput benchmark, batch {doc['batch_size']}, "
         f"{doc['threads']} threads; {doc['batches']} batches as CrossEncoder plans them (median "
         f"{doc['median_batch'][0]} x {doc['median_batch'][1]} tokens). Times: OpenVINO's per-layer counters "
@@ -106,12 +101,8 @@ def markdown(doc: dict[str, Any]) -> str:
 def plot(doc: dict[str, Any], out: Path) -> Path | None:
     """Stacked bars: each precision's model time per pass over the workload, by kind (the layer counters' shares
     of its wall time), with its pairs/s and its bound if only the matmuls took time."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = doc["rows"]
     fig, ax = plt.subplots(figsize=(8, 0.7 * len(rows) + 1.6))
@@ -133,13 +124,6 @@ def plot(doc: dict[str, Any], out: Path) -> Path | None:
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
-
-
-def write(doc: dict[str, Any], out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    (out / f"{stem}.md").write_text(markdown(doc))
-    plot(doc, out / f"{stem}.png")
 
 
 NOTES = [
@@ -167,7 +151,7 @@ def main() -> None:
     if args.render:
         doc = json.loads(args.render.read_text())
         doc["notes"] = NOTES
-        write(doc, args.render.parent, args.render.stem)
+        write_result(doc, args.render.parent, args.render.stem, markdown, plot)
         return
 
     model_dir = model_folder(args.model_dir, args.work)
@@ -219,7 +203,7 @@ def main() -> None:
         "median_batch": list(median), "median_padded_tokens": statistics.median(s[0] * s[1] for s in shapes),
         "rows": rows, "notes": NOTES,
     }
-    write(doc, args.out, args.stem)
+    write_result(doc, args.out, args.stem, markdown, plot)
     print(markdown(doc))
 
 

@@ -33,14 +33,16 @@ import numpy as np
 
 from crossonnx.batching import plan_batches
 from crossonnx.bench.engine_profile import model_folder
-from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.machine import cpu_info, library_versions
 from crossonnx.bench.qdq_int8 import quantize_qdq_static
+from crossonnx.bench.report import pyplot, result_header, write_result
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
 from crossonnx.engines import open_engine
 from crossonnx.engines.onnxruntime import TOKEN_BUDGET as ORT_BUDGET
 from crossonnx.engines.onnxruntime import create_session
 from crossonnx.engines.openvino import TOKEN_BUDGET as OV_BUDGET
+from crossonnx.exporter.convert import exported_input_names
 from crossonnx.exporter.pipeline import calibration_feeds, export_model
 from crossonnx.manifest import UNFUSED_GRAPH, load_manifest
 from crossonnx.metrics import spearman
@@ -61,19 +63,14 @@ def unfused_graph(work: Path) -> Path:
     return unfused_dir / load_manifest(unfused_dir).entry(UNFUSED_GRAPH).file
 
 
-def qdq_file(work: Path, shipped: Path) -> tuple[Path, dict[str, Any]]:
-    """The QDQ static int8 of the reference model under ``work``, with int8-static's float MatMuls."""
-    unfused = unfused_graph(work)
-    unfused_dir = unfused.parent
-    manifest = load_manifest(unfused_dir)
-    out = work / "graph_formats" / "model_int8_qdq.onnx"
+def qdq_file(unfused: Path, shipped: Path, out: Path) -> dict[str, Any]:
+    """Write ``out``: the QDQ static int8 of ``unfused``, with the float MatMuls of ``shipped``'s int8-static."""
+    manifest = load_manifest(unfused.parent)
     plan = load_manifest(shipped).entry("int8-static").details
-    names = list(OrtFile(unfused, 1).input_names)
-    feeds = calibration_feeds(unfused_dir / manifest.tokenizer.file, manifest.tokenizer, manifest.max_length, names,
-                              batch=1)
+    feeds = calibration_feeds(unfused.parent / manifest.tokenizer.file, manifest.tokenizer, manifest.max_length,
+                              exported_input_names(unfused), batch=1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    details = quantize_qdq_static(unfused, out, feeds, plan["float_matmuls"])
-    return out, details
+    return quantize_qdq_static(unfused, out, feeds, plan["float_matmuls"])
 
 
 class OrtFile:
@@ -81,7 +78,6 @@ class OrtFile:
 
     def __init__(self, path: Path, threads: int):
         self._session = create_session(path, "cpu", threads)
-        self.input_names = tuple(node.name for node in self._session.get_inputs())
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
@@ -130,13 +126,8 @@ def file_mb(graph: Path) -> float:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
-        f"# Graph files: a portable QDQ int8 or OpenVINO's IR, a fused or unfused graph for bf16 — {doc['model']}",
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Date: {doc['date']}  ",
-        f"CPU: {describe_cpu(doc['cpu'])}  ",
-        "Libraries: " + ", ".join(f"{k} {v}" for k, v in doc["libraries"].items()),
-        "",
+        *result_header("Graph files: a portable QDQ int8 or OpenVINO's IR, a fused or unfused graph for bf16 — "
+                       f"{doc['model']}", doc),
         f"Workload: {doc['pairs']} query-passage pairs of the throughput benchmark, batch {doc['batch_size']}, "
         f"{doc['threads']} threads, model only, each engine with its own token budget; {doc['rounds']} rounds in "
         "alternating order, the median round's rate, and the median of the per-round ratios to ONNX Runtime's "
@@ -154,12 +145,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], out: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = doc["rows"]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.4))
@@ -192,23 +179,23 @@ def main() -> None:
     parser.add_argument("--render", type=Path, metavar="JSON", help="rewrite a result's markdown and plot, no run")
     args = parser.parse_args()
     doc = json.loads(args.render.read_text()) if args.render else measure(args)
-    out = args.render.parent if args.render else args.out
-    stem = args.render.stem if args.render else args.stem
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    (out / f"{stem}.md").write_text(markdown(doc))
-    plot(doc, out / f"{stem}.png")
+    if args.render:
+        write_result(doc, args.render.parent, args.render.stem, markdown, plot)
+        return
+    write_result(doc, args.out, args.stem, markdown, plot)
     print(markdown(doc))
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = model_folder(args.model_dir, args.work)
     manifest = load_manifest(model_dir)
+    unfused = unfused_graph(args.work)
+    qdq = args.work / "graph_formats" / "model_int8_qdq.onnx"
     print("quantizing the QDQ file", flush=True)
-    qdq, details = qdq_file(args.work, model_dir)
-    runs = engines(model_dir, qdq, unfused_graph(args.work), args.threads)
+    details = qdq_file(unfused, model_dir, qdq)
+    runs = engines(model_dir, qdq, unfused, args.threads)
     pairs = query_passage_pairs(args.pairs)
-    names = list(OrtFile(qdq, 1).input_names)  # the unfused and fused graphs take the same inputs
+    names = exported_input_names(unfused)  # the unfused and fused graphs take the same inputs
     tokenizer = PairTokenizer(model_dir / manifest.tokenizer.file, manifest.tokenizer, manifest.max_length, names)
     encoded = tokenizer.encode(pairs)
     planned = {name: [(rows, tokenizer.batch(encoded, rows))

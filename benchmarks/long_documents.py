@@ -28,6 +28,7 @@ from typing import Any
 
 from crossonnx import CrossEncoder
 from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.report import pyplot
 from crossonnx.long_documents import window_tokens
 from crossonnx.stsb import load_stsb
 
@@ -219,12 +220,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], out: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     modes = list(dict.fromkeys(r["mode"] for r in doc["cost"]))

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from crossonnx.bench.engine_profile import model_folder, open_openvino, workload_feeds
-from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.report import pyplot, result_header, write_result
 from crossonnx.bench.streams import compile_streams, median_ms, resident_mb, run_pipelined
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.engines.openvino import PRECISIONS
@@ -47,12 +48,12 @@ def measure(model_dir: Path, precision: str, pairs: list[tuple[str, str]], batch
     one_out = [engine.run(feed) for feed in feeds]  # also every shape once, before any timing
     before = resident_mb()
     compiled = compile_streams(model_dir, engine, STREAMS)
-    two_out = run_pipelined(compiled, feeds, STREAMS)
+    requests = [compiled.create_infer_request() for _ in range(STREAMS)]
+    two_out = run_pipelined(requests, feeds)
     added_mb = resident_mb() - before
+    passes = {"one": lambda: [engine.run(feed) for feed in feeds], "two": lambda: run_pipelined(requests, feeds)}
     per_round: list[dict[str, float]] = []
     for index in range(rounds):
-        passes = {"one": lambda: [engine.run(feed) for feed in feeds],
-                  "two": lambda: run_pipelined(compiled, feeds, STREAMS)}
         order = ("one", "two") if index % 2 == 0 else ("two", "one")
         seconds = {}
         for name in order:
@@ -60,7 +61,6 @@ def measure(model_dir: Path, precision: str, pairs: list[tuple[str, str]], batch
             passes[name]()
             seconds[name] = time.perf_counter() - started
         per_round.append({name: len(pairs) / s for name, s in seconds.items()})
-    lone_request = compiled.create_infer_request()
     ratios = [r["two"] / r["one"] for r in per_round]
     return {
         "precision": precision, "executes": engine.executes, "batches": len(feeds),
@@ -72,7 +72,7 @@ def measure(model_dir: Path, precision: str, pairs: list[tuple[str, str]], batch
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "lone_pair_tokens": int(lone["input_ids"].shape[1]),
         "lone_pair_ms_one": median_ms(lambda: engine.run(lone), 20),
-        "lone_pair_ms_two": median_ms(lambda: lone_request.infer(lone), 20),
+        "lone_pair_ms_two": median_ms(lambda: requests[0].infer(lone), 20),
         "added_resident_mb": added_mb,
         "max_abs_logit_diff": float(np.abs(np.concatenate(one_out) - np.concatenate(two_out)).max()),
     }
@@ -80,13 +80,7 @@ def measure(model_dir: Path, precision: str, pairs: list[tuple[str, str]], batch
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
-        f"# One OpenVINO stream or two — {doc['model']}",
-        "",
-        f"Command: `{doc['command']}`  ",
-        f"Date: {doc['date']}  ",
-        f"CPU: {describe_cpu(doc['cpu'])}  ",
-        "Libraries: " + ", ".join(f"{k} {v}" for k, v in doc["libraries"].items()),
-        "",
+        *result_header(f"One OpenVINO stream or two — {doc['model']}", doc),
         f"Workload: {doc['pairs']} query-passage pairs of the throughput benchmark, batch {doc['batch_size']}, "
         f"{doc['threads']} threads, model only (no tokenization), {doc['rounds']} rounds in alternating order. "
         f"*1 stream*: the runtime engine. *{STREAMS} streams*: the same graph and options with its threads split "
@@ -109,12 +103,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def plot(doc: dict[str, Any], out: Path) -> Path | None:
     """Per precision: the two-stream / one-stream ratio of every round, and the lone pair's latency ratio."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = doc["rows"]
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
@@ -137,13 +127,6 @@ def plot(doc: dict[str, Any], out: Path) -> Path | None:
     return out
 
 
-def write(doc: dict[str, Any], out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
-    (out / f"{stem}.md").write_text(markdown(doc))
-    plot(doc, out / f"{stem}.png")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="an exported model folder (default: the reference model)")
@@ -159,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         doc = json.loads(args.render.read_text())
-        write(doc, args.render.parent, args.render.stem)
+        write_result(doc, args.render.parent, args.render.stem, markdown, plot)
         return
 
     model_dir = model_folder(args.model_dir, args.work)
@@ -177,7 +160,7 @@ def main() -> None:
         "pairs": len(pairs), "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
         "rows": rows,
     }
-    write(doc, args.out, args.stem)
+    write_result(doc, args.out, args.stem, markdown, plot)
     print(markdown(doc))
 
 

@@ -24,7 +24,7 @@ def test_pipelined_outputs_match_the_engine_in_input_order(model_dir: Path, in_f
     compiled = compile_streams(model_dir, engine, streams=2)
     assert int(compiled.get_property("NUM_STREAMS")) == 2
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 2
-    outputs = run_pipelined(compiled, feeds, in_flight)
+    outputs = run_pipelined([compiled.create_infer_request() for _ in range(in_flight)], feeds)
     assert [out.shape for out in outputs] == [(len(feed["input_ids"]), 1) for feed in feeds]
     for out, feed in zip(outputs, feeds, strict=True):
         np.testing.assert_allclose(out, engine.run(feed), atol=1e-5)
@@ -32,7 +32,8 @@ def test_pipelined_outputs_match_the_engine_in_input_order(model_dir: Path, in_f
 
 def test_pipelined_runs_nothing_for_no_feeds(model_dir: Path) -> None:
     engine = open_openvino(model_dir, "fp32", threads=2)
-    assert run_pipelined(compile_streams(model_dir, engine, streams=2), [], 2) == []
+    compiled = compile_streams(model_dir, engine, streams=2)
+    assert run_pipelined([compiled.create_infer_request() for _ in range(2)], []) == []
 
 
 def test_median_ms_and_resident_memory_are_measured() -> None:

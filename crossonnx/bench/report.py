@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from crossonnx.bench.machine import describe_cpu
+
+
+def pyplot() -> Any | None:
+    """matplotlib's pyplot on its file-only backend (Agg), or None where matplotlib is missing: plots are optional."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def result_header(title: str, doc: dict[str, Any]) -> list[str]:
+    """A result's first markdown lines: its title, then the command, date, CPU and libraries ``doc`` records."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Date: {doc['date']}  ",
+        f"CPU: {describe_cpu(doc['cpu'])}  ",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in doc["libraries"].items()),
+        "",
+    ]
+
+
+def write_result(doc: dict[str, Any], out: Path, stem: str, markdown: Callable[[dict[str, Any]], str],
+                 plot: Callable[[dict[str, Any], Path], Path | None]) -> None:
+    """``stem``.json, .md and .png (where matplotlib is installed) of ``doc`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    (out / f"{stem}.md").write_text(markdown(doc))
+    plot(doc, out / f"{stem}.png")
 
 
 def _fmt(value: Any, spec: str, missing: str = "–") -> str:
@@ -260,12 +296,8 @@ def throughput_markdown(doc: dict[str, Any], title: str, command: str) -> str:
 
 def throughput_plot(doc: dict[str, Any], out: Path, workload: str = "query-passage") -> Path | None:
     """Grouped bars: each engine's speed as a multiple of PyTorch fp32, per model."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [r for r in doc["throughput"]["results"] if r["workload"] == workload and "x_torch_fp32" in r]
     if not rows:

@@ -31,22 +31,23 @@ def compile_streams(model_dir: Path, engine: OpenVinoEngine, streams: int) -> An
     return ov.Core().compile_model(str(model_dir / engine.graph_file), "CPU", config)
 
 
-def run_pipelined(compiled: Any, feeds: list[Feed], in_flight: int) -> list[np.ndarray]:
-    """Each feed's output, in order, with up to ``in_flight`` feeds running at once (one infer request each, taken
-    in turn, so the streams stay busy while outputs are read back in input order)."""
-    requests = [compiled.create_infer_request() for _ in range(max(1, in_flight))]
-    output = compiled.outputs[0]
+def run_pipelined(requests: list[Any], feeds: list[Feed]) -> list[np.ndarray]:
+    """Each feed's output, in order, with up to ``len(requests)`` feeds running at once: the infer requests (of one
+    compiled model, made once by the caller) are taken in turn, so the streams stay busy while outputs are read back
+    in input order."""
     results: list[np.ndarray] = []
+
+    def collect(request: Any) -> None:
+        request.wait()
+        results.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+
     for index, feed in enumerate(feeds):
         request = requests[index % len(requests)]
         if index >= len(requests):  # this request still holds feed index - len(requests)
-            request.wait()
-            results.append(np.array(request.get_tensor(output).data, dtype=np.float32))
+            collect(request)
         request.start_async(feed)
     for index in range(max(0, len(feeds) - len(requests)), len(feeds)):
-        request = requests[index % len(requests)]
-        request.wait()
-        results.append(np.array(request.get_tensor(output).data, dtype=np.float32))
+        collect(requests[index % len(requests)])
     return results
 
 
