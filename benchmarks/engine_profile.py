@@ -1,5 +1,6 @@
 """Where OpenVINO's time goes, per precision, against this CPU's matrix-multiplication peak: the "why" behind the
-issue-13 speed figures (benchmarks/results/engine_profile.{json,md,png}).
+quality levels' speed figures (benchmarks/results/engine_profile.{json,md,png}; what was decided from it:
+docs/design/engine-profile.md).
 
     python benchmarks/engine_profile.py     # about 2 minutes on 2 cores; exports the reference model if needed
 
@@ -8,7 +9,7 @@ the batches ``CrossEncoder`` plans for the throughput benchmark's query-passage 
 adds up OpenVINO's per-layer times by kind (int8 matmuls, float matmuls, attention, the rest), divides each kind's
 operations (from the fp32 graph at each batch's shape) by its time, and sets the matmul rates beside one MatMul of
 the model's largest shape run alone (the practical peak of that arithmetic on this CPU). See
-crossonnx/bench/engine_profile.py for the rules.
+benchmarks/lab/engine_profile.py for the rules.
 
 Bounds in the report: "matmuls only" is the pairs/s the precision would reach if everything but its matmuls took no
 time; "matmuls at peak" additionally runs every matmul at the one-MatMul-alone rate.
@@ -23,7 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossonnx.bench.engine_profile import (
+from crossonnx.bench.machine import library_versions
+from crossonnx.bench.report import pyplot, result_header, write_result
+from crossonnx.bench.workloads import query_passage_pairs
+from crossonnx.engines import OPENVINO_INT8
+from crossonnx.engines.openvino import PRECISIONS
+from crossonnx.manifest import load_manifest
+from crossonnx.runtime_args import positive_int
+from lab.engine_profile import (
     KINDS,
     float_matmul_names,
     forward_work,
@@ -34,13 +42,7 @@ from crossonnx.bench.engine_profile import (
     profile_engine,
     workload_feeds,
 )
-from crossonnx.bench.machine import cpu_info, library_versions
-from crossonnx.bench.report import pyplot, result_header, write_result
-from crossonnx.bench.workloads import query_passage_pairs
-from crossonnx.engines import OPENVINO_INT8
-from crossonnx.engines.openvino import PRECISIONS
-from crossonnx.manifest import load_manifest
-from crossonnx.runtime_args import positive_int
+from lab.machine import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("crossonnx", "numpy", "openvino", "nncf", "tokenizers")

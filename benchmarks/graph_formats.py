@@ -5,8 +5,8 @@ fused fp32 graph (crossonnx's, with ONNX Runtime's fusions) or the unfused one.
     python benchmarks/graph_formats.py      # about five minutes on 2 cores (plus two exports on the first run)
 
 The QDQ file is int8-static's own NNCF recipe applied to the reference model's unfused fp32 ONNX graph
-(crossonnx.bench.qdq_int8): the same 128 calibration pairs (one pair per sample), SmoothQuant and nodes in float; only
-the file format differs.
+(benchmarks/lab/qdq_int8.py): the same 128 calibration pairs (one pair per sample), SmoothQuant and nodes in float;
+only the file format differs.
 Seven engines run the benchmark's 512 query-passage pairs (batch 32, 2 threads), each with its own engine's batching
 (token budget) and compile options, over alternating rounds:
 
@@ -16,7 +16,8 @@ Seven engines run the benchmark's 512 query-passage pairs (batch 32, 2 threads),
 - OpenVINO bf16 on the fused fp32 graph (crossonnx's bf16) and on the unfused one.
 
 Agreement is with ONNX Runtime fp32 (PyTorch to about 1e-6): Spearman of the logits and the largest difference of
-the scores. Writes benchmarks/results/graph_formats.{json,md,png}.
+the scores. Writes benchmarks/results/graph_formats.{json,md,png}; what was decided from it:
+docs/design/int8-static-ir.md (int8) and docs/design/unfused-bf16.md (bf16).
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ from typing import Any
 import numpy as np
 
 from crossonnx.batching import plan_batches
-from crossonnx.bench.engine_profile import model_folder
-from crossonnx.bench.machine import cpu_info, library_versions
-from crossonnx.bench.qdq_int8 import quantize_qdq_static
+from crossonnx.bench.machine import library_versions
 from crossonnx.bench.report import pyplot, result_header, write_result
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.checkpoints.stsb_minilm import build_reference_model
@@ -49,6 +48,9 @@ from crossonnx.metrics import spearman
 from crossonnx.runtime_args import positive_int
 from crossonnx.scoring import ACTIVATION_FNS
 from crossonnx.tokenization import PairTokenizer
+from lab.engine_profile import model_folder
+from lab.machine import cpu_info
+from lab.qdq_int8 import quantize_qdq_static
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("crossonnx", "numpy", "onnxruntime", "openvino", "nncf", "tokenizers")

@@ -39,10 +39,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from crossonnx.bench.machine import LIBRARIES, cpu_info, describe_cpu
+from crossonnx.bench.machine import LIBRARIES, describe_cpu
 from crossonnx.bench.workloads import rank_pairs
 from crossonnx.encoder import CrossEncoder
 from crossonnx.versions import library_versions
+from lab.machine import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32, 64)

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from crossonnx import CrossEncoder
-from crossonnx.bench.machine import cpu_info, describe_cpu, library_versions
+from crossonnx.bench.machine import describe_cpu, library_versions
 from crossonnx.bench.report import pyplot
 from crossonnx.long_documents import window_tokens
 from crossonnx.stsb import load_stsb
+from lab.machine import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTIPLES = (1, 4, 16)

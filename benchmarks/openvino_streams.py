@@ -11,7 +11,7 @@ For every OpenVINO precision of the export (default: the throughput benchmark's 
 - the latency of one lone pair on each (on two streams a lone request gets one stream's threads);
 - the resident memory the second compiled model adds, and the largest logit difference between the two.
 
-Writes benchmarks/results/openvino_streams.{json,md,png}.
+Writes benchmarks/results/openvino_streams.{json,md,png}; what was decided from it: docs/design/openvino-streams.md.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from crossonnx.bench.engine_profile import model_folder, open_openvino, workload_feeds
-from crossonnx.bench.machine import cpu_info, library_versions
+from crossonnx.bench.machine import library_versions
 from crossonnx.bench.report import pyplot, result_header, write_result
-from crossonnx.bench.streams import compile_streams, median_ms, resident_mb, run_pipelined
 from crossonnx.bench.workloads import query_passage_pairs
 from crossonnx.engines.openvino import PRECISIONS
 from crossonnx.manifest import load_manifest
 from crossonnx.runtime_args import positive_int
+from lab.engine_profile import model_folder, open_openvino, workload_feeds
+from lab.machine import cpu_info
+from lab.streams import compile_streams, median_ms, resident_mb, run_pipelined
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("crossonnx", "numpy", "openvino", "tokenizers")

@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossonnx.bench.machine import cpu_info, describe_cpu
+from crossonnx.bench.machine import describe_cpu
 from crossonnx.bench.workloads import _sentences
 from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS
 from crossonnx.versions import library_versions
+from lab.machine import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("crossonnx", "numpy", "onnxruntime", "tokenizers", "pyarrow", "ray", "pandas")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The OpenVINO peers' environment for the throughput and accuracy benchmarks (issue 13): sentence-transformers'
+# The OpenVINO peers' environment for the throughput and accuracy benchmarks: sentence-transformers'
 # own CPU path, CrossEncoder(..., backend="openvino") and export_static_quantized_openvino_model.
 # sentence-transformers 6.2, optimum-intel[openvino] 2.2 (optimum 2.3, nncf) and transformers 5.5 share one
 # environment: optimum-intel 2.2 accepts transformers >= 4.51, < 5.6.

@@ -4,21 +4,22 @@
     bash benchmarks/setup_peers_openvino.sh # once: the OpenVINO peers (sentence-transformers 6, optimum-intel)
     python benchmarks/throughput.py         # everything: about an hour on 2 cores; --quick for a smoke run
 
-Issue 13's figures (the real MiniLM only, query-passage pairs, batch 32, 2 threads; under 25 minutes on 2 cores,
-most of it the export and sentence-transformers' OpenVINO export and calibration, done once under --work):
+The quality levels' figures (the real MiniLM only, query-passage pairs, batch 32, 2 threads; under 25 minutes on
+2 cores, most of it the export and sentence-transformers' OpenVINO export and calibration, done once under --work):
 
-    python benchmarks/throughput.py --issue-13
+    python benchmarks/throughput.py --levels
 
 which is short for
 
     python benchmarks/throughput.py --models stsb-minilm-l6 --workloads query-passage --pairs 512 \\
         --engines st-torch-fp32,st-torch-bf16,st-openvino,st-openvino-qint8,crossonnx-fp32,crossonnx-int8,\\
 crossonnx-openvino-fp32,crossonnx-openvino-bf16,crossonnx-openvino-int8-static,crossonnx-openvino-int8-dynamic \\
-        --reps 2 --rounds 3 --no-latency --stem throughput-issue13
+        --reps 2 --rounds 3 --no-latency --stem throughput-levels
 
-and writes benchmarks/results/throughput-issue13.{json,md,png}, with the issue-13 targets table (faithful and fast
-tier against st-openvino, torch bf16 and st-openvino-qint8; OpenVINO fp32 within 1e-5), the precision each engine
-executed (OpenVINO's read back from the compiled model), and cold start and peak RSS of the OpenVINO engines.
+and writes benchmarks/results/throughput-levels.{json,md,png}, with the quality levels' table (benchmarks/lab/
+targets.py: the faithful and fast tiers against st-openvino, torch bf16 and st-openvino-qint8; OpenVINO fp32 within
+1e-5), the precision each engine executed (OpenVINO's read back from the compiled model), and cold start and peak
+RSS of the OpenVINO engines.
 
 Models: the project's real MiniLM-L6 STSb cross-encoder, and random-weight checkpoints of the exact shapes of
 ms-marco-TinyBERT-L-2, ms-marco-TinyBERT-L-6, ms-marco-electra-base and stsb-roberta-base. Engines: see
@@ -43,10 +44,7 @@ from crossonnx.bench.throughput import (
     BenchModel,
     add_torch_ratios,
     cold_start,
-    environment,
     make_peer_dir,
-    prepare_st_openvino,
-    prepare_st_qint8,
     run_latency,
     run_matrix,
 )
@@ -56,6 +54,9 @@ from crossonnx.checkpoints.synthetic import build_seed_shape
 from crossonnx.exporter.pipeline import export_model
 from crossonnx.manifest import load_manifest
 from crossonnx.runtime_args import positive_int
+from lab.machine import environment
+from lab.peers import prepare_st_openvino, prepare_st_qint8
+from lab.targets import markdown_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ["ms-marco-TinyBERT-L-2", "ms-marco-TinyBERT-L-6", "ms-marco-electra-base", "stsb-roberta-base"]
@@ -68,13 +69,13 @@ SIZES = {
     "stsb-roberta-base": {"query-passage": 64, "sentence-pairs": 192},
 }
 # PyTorch bf16 is timed on the two models the bf16 target names (one timed pass each: time budget). On CPUs
-# without AVX512-BF16/AMX it runs at about a fifth of fp32 speed (measured on an earlier AVX2-only machine).
+# without AVX512-BF16/AMX it runs several times slower than fp32 (no bf16 kernels), so a wider matrix costs hours.
 BF16_MODELS = {"stsb-minilm-l6", "ms-marco-TinyBERT-L-6"}
-ISSUE13_ENGINES = ("st-torch-fp32", "st-torch-bf16", "st-openvino", "st-openvino-qint8", "crossonnx-fp32",
-                   "crossonnx-int8", "crossonnx-openvino-fp32", "crossonnx-openvino-bf16",
-                   "crossonnx-openvino-int8-static", "crossonnx-openvino-int8-dynamic")
-ISSUE13 = {"models": "stsb-minilm-l6", "workloads": "query-passage", "pairs": 512, "engines": ",".join(ISSUE13_ENGINES),
-           "no_latency": True, "stem": "throughput-issue13", "reps": 2, "rounds": 3}
+LEVELS_ENGINES = ("st-torch-fp32", "st-torch-bf16", "st-openvino", "st-openvino-qint8", "crossonnx-fp32",
+                  "crossonnx-int8", "crossonnx-openvino-fp32", "crossonnx-openvino-bf16",
+                  "crossonnx-openvino-int8-static", "crossonnx-openvino-int8-dynamic")
+LEVELS = {"models": "stsb-minilm-l6", "workloads": "query-passage", "pairs": 512, "engines": ",".join(LEVELS_ENGINES),
+          "no_latency": True, "stem": "throughput-levels", "reps": 2, "rounds": 3}
 # batch-1 latency and cold start (whole process) on the first two models
 LATENCY_ENGINES = ("st-torch-fp32", "st-torch-bf16", "crossonnx-fp32", "crossonnx-int8", "crossonnx-openvino-fp32",
                    "crossonnx-openvino-bf16")
@@ -137,15 +138,16 @@ def render(result: Path) -> None:
 
 def write_report(doc: dict, out: Path, stem: str, command: str) -> None:
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    (out / f"{stem}.md").write_text(throughput_markdown(doc, "Throughput", command), encoding="utf-8")
+    markdown = throughput_markdown(doc, "Throughput", command, sections=markdown_sections)
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
     throughput_plot(doc, out / f"{stem}.png")
     print(f"wrote {out}/{stem}.{{json,md,png}}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--issue-13", action="store_true",
-                        help="issue 13's figures: the options shown above (explicit options still override)")
+    parser.add_argument("--levels", action="store_true",
+                        help="the quality levels' figures: the options shown above (explicit options still override)")
     parser.add_argument("--models", help="comma-separated (default: stsb-minilm-l6 and the four seed shapes)")
     parser.add_argument("--engines", help="comma-separated (default: all; see crossonnx/bench/worker.py)")
     parser.add_argument("--workloads", help="comma-separated (default: query-passage,sentence-pairs,rank-100)")
@@ -173,7 +175,7 @@ def main() -> None:
     defaults = {"models": ",".join(["stsb-minilm-l6", *SHAPES]), "engines": ",".join(ALL_ENGINES),
                 "workloads": "query-passage,sentence-pairs,rank-100", "no_latency": False, "reps": 3, "rounds": 1,
                 "stem": "throughput-quick" if args.quick else "throughput"}
-    for key, value in {**defaults, **(ISSUE13 if args.issue_13 else {})}.items():
+    for key, value in {**defaults, **(LEVELS if args.levels else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -211,7 +213,7 @@ def main() -> None:
                 latency = [e for e in LATENCY_ENGINES if e in engines]
                 doc["latency"] = run_latency(models[:2], latency, config, Path(tmp))
             doc["cold_start"] = [
-                {**cold_start(engine, model, config, runs=3 if args.issue_13 else 5), "model": model.name}
+                {**cold_start(engine, model, config, runs=3 if args.levels else 5), "model": model.name}
                 for model in models[:2] for engine in COLD_START_ENGINES if engine in engines
             ]
     doc["command"] = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])

@@ -1,76 +1,13 @@
-"""The throughput report's target table: each target measured, compared and reported with its margin."""
+"""The throughput report: speed ratios over rounds, and the markdown of a `crossonnx bench` result."""
 
 from __future__ import annotations
 
-from crossonnx.bench.report import issue13_checks, issue13_markdown, speed_ratio, target_checks, targets_markdown
+from crossonnx.bench.report import speed_ratio, throughput_markdown
 
 
 def _row(engine: str, rate: float, **extra: float) -> dict:
     return {"model": "stsb-minilm-l6", "workload": "query-passage", "engine": engine, "pairs_per_s": rate,
             "peak_rss_mb": extra.pop("rss", 300.0), **extra}
-
-
-def test_targets_met_and_missed_are_reported_with_margin() -> None:
-    doc = {
-        "throughput": {"results": [
-            _row("st-torch-fp32", 30.0, x_torch_fp32=1.0, rss=800.0),
-            _row("crossonnx-fp32", 45.0, x_torch_fp32=1.5, max_abs_diff_vs_torch_fp32=4e-7),
-            _row("crossonnx-int8", 57.0, x_torch_fp32=1.9, x_torch_bf16=12.0, spearman_vs_torch_fp32=0.9991,
-                 rss=270.0),
-            _row("fastembed", 60.0),
-            {"model": "stsb-minilm-l6", "workload": "rank-100", "engine": "crossonnx-int8", "error": "timeout"},
-        ]},
-        "cold_start": [{"model": "stsb-minilm-l6", "engine": "st-torch-fp32", "cold_start_s": 6.0},
-                       {"model": "stsb-minilm-l6", "engine": "crossonnx-fp32", "cold_start_s": 1.5}],
-    }
-    checks = {c["target"]: c for c in target_checks(doc)}
-    assert checks["crossonnx fp32 / torch fp32"]["met"]
-    assert checks["crossonnx fp32 max abs score diff"]["met"]
-    assert not checks["fastest crossonnx (crossonnx-int8) / torch fp32"]["met"]
-    assert checks["fastest crossonnx (crossonnx-int8) Spearman vs torch fp32"]["met"]
-    peer = checks["fastest crossonnx / fastest peer (fastembed), query-passage"]
-    assert not peer["met"] and abs(peer["measured"] - 0.95) < 1e-9
-    assert checks["cold start crossonnx fp32 / torch fp32"]["met"]
-    assert checks["peak RSS crossonnx-int8 / torch fp32 (query-passage run)"]["met"]
-    text = "\n".join(targets_markdown(list(checks.values()), doc))
-    assert "**no** (by 5.0%)" in text.split("fastest peer")[0] and "**no** (by 5.0%)" in text.split("fastest peer")[1]
-
-
-def test_issue13_tiers_pick_the_fastest_qualifying_variant_and_say_by_how_much() -> None:
-    doc = {"throughput": {"results": [
-        _row("st-torch-fp32", 30.0, executes="fp32"),
-        _row("st-torch-bf16", 80.0, executes="bf16", spearman_vs_torch_fp32=0.99995, max_abs_diff_vs_torch_fp32=6e-3),
-        _row("st-openvino", 110.0, executes="bfloat16"),
-        _row("st-openvino-qint8", 150.0, executes="bfloat16"),
-        _row("crossonnx-int8", 160.0, spearman_vs_torch_fp32=0.9986, max_abs_diff_vs_torch_fp32=0.026),
-        _row("crossonnx-openvino-fp32", 95.0, executes="float32", spearman_vs_torch_fp32=1.0,
-             max_abs_diff_vs_torch_fp32=4e-7),
-        _row("crossonnx-openvino-bf16", 150.0, executes="bfloat16", spearman_vs_torch_fp32=0.99993,
-             max_abs_diff_vs_torch_fp32=0.004),
-        _row("crossonnx-openvino-int8-static", 210.0, executes="float32", spearman_vs_torch_fp32=0.9993,
-             max_abs_diff_vs_torch_fp32=0.03),
-    ]}}
-    checks = {c["target"]: c for c in issue13_checks(doc)}
-    faithful = checks["faithful tier / st-openvino"]
-    assert faithful["engine"] == "crossonnx-openvino-bf16" and faithful["met"]  # 150/110 = 1.36
-    bf16 = checks["faithful tier / torch bf16"]
-    assert not bf16["met"] and abs(bf16["measured"] - 1.875) < 1e-9
-    fast = checks["fast tier / st-openvino-qint8"]  # int8 (0.9986) does not qualify; int8-static does
-    assert fast["engine"] == "crossonnx-openvino-int8-static" and fast["met"]
-    assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"]
-    text = "\n".join(issue13_markdown(list(checks.values()), doc))
-    assert "crossonnx-openvino-bf16 (bfloat16) | 1.875x | >= 2x | **no** (by 6.2%)" in text
-
-
-def test_issue13_says_when_no_variant_qualifies_or_a_peer_is_missing() -> None:
-    doc = {"throughput": {"results": [
-        _row("st-openvino", 110.0),
-        _row("crossonnx-int8", 160.0, spearman_vs_torch_fp32=0.9986, max_abs_diff_vs_torch_fp32=0.026),
-    ]}}
-    checks = {c["target"]: c for c in issue13_checks(doc)}
-    assert checks["faithful tier / st-openvino"]["met"] is False
-    assert "no crossonnx variant has Spearman >= 0.9999" in checks["faithful tier / st-openvino"]["why"]
-    assert checks["crossonnx-openvino-fp32 max abs diff vs torch fp32"]["met"] is None
 
 
 def test_a_ratio_over_rounds_is_the_median_round_s_ratio_not_a_ratio_of_medians() -> None:
@@ -80,10 +17,29 @@ def test_a_ratio_over_rounds_is_the_median_round_s_ratio_not_a_ratio_of_medians(
     assert abs(speed_ratio(ours, peer) - 120.0 / 92.4) < 1e-12 and speed_ratio(ours, peer) < 1.3
     assert abs(ours["pairs_per_s"] / peer["pairs_per_s"] - 1.3043) < 1e-4
     assert speed_ratio({"pairs_per_s": 50.0}, peer) == 50.0 / 92.0  # no rounds: the rates' ratio
-    doc = {"config": {"rounds": 3}, "throughput": {"results": [
-        _row("st-openvino", 92.0, pairs_per_s_rounds=peer["pairs_per_s_rounds"]),
-        _row("crossonnx-openvino-bf16", 120.0, pairs_per_s_rounds=ours["pairs_per_s_rounds"],
-             spearman_vs_torch_fp32=0.99995, max_abs_diff_vs_torch_fp32=0.004),
-    ]}}
-    faithful = next(c for c in issue13_checks(doc) if c["target"] == "faithful tier / st-openvino")
-    assert not faithful["met"] and "median of 3 rounds" in issue13_markdown([faithful], doc)[0]
+
+
+def _doc() -> dict:
+    return {"environment": {"date": "2026-01-01 00:00 UTC", "versions": {"crossonnx": "0.1.0"},
+                            "cpu": {"model": "CPU", "machine": "x86_64", "cpus": 2, "simd": ["avx2"],
+                                    "no_simd": ["avx512f"]}},
+            "config": {"threads": 2, "reps": 3, "batch_size": 32},
+            "throughput": {"results": [
+                _row("st-torch-fp32", 30.0, x_torch_fp32=1.0),
+                _row("crossonnx-int8", 57.0, x_torch_fp32=1.9, spearman_vs_torch_fp32=0.9991,
+                     max_abs_diff_vs_torch_fp32=0.02, executes="int8"),
+                {"model": "stsb-minilm-l6", "workload": "query-passage", "engine": "fastembed", "error": "no peers"},
+            ]}}
+
+
+def test_markdown_reports_the_measurements_and_no_targets() -> None:
+    text = throughput_markdown(_doc(), "crossonnx bench", "crossonnx bench")
+    assert "### stsb-minilm-l6 — query-passage (? pairs)" in text
+    assert "| crossonnx-int8 | int8 | 57.0 | 1.90 | – | 0.99910 | 2.0e-02 | 300 |" in text
+    assert "| fastembed | | not run: no peers |" in text
+    assert not [line for line in text.splitlines() if line.startswith("## ")], "no targets in crossonnx bench"
+
+
+def test_markdown_places_the_callers_sections_before_the_tables() -> None:
+    text = throughput_markdown(_doc(), "Throughput", "cmd", sections=lambda doc: ["## Mine", ""])
+    assert text.index("## Mine") < text.index("### stsb-minilm-l6")

@@ -1,1 +1,3 @@
-"""Benchmarks: throughput and latency against PyTorch and the ONNX peers (needs the `bench` extra)."""
+"""What `crossonnx bench` runs (needs the `bench` extra): throughput against PyTorch and the peers, each engine in a
+fresh process, and accuracy per precision. The project's experiments and the targets its results are judged by live
+in benchmarks/lab, outside the wheel."""

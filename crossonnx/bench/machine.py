@@ -20,9 +20,9 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_info() -> dict[str, object]:
-    """CPU model name and family, the SIMD flags that decide fp32/bf16/int8 kernels, and the CPUs this process may
-    use. Flags alone do not tell CPU generations apart (AMD Zen 4 and Zen 5 both list AVX-512 BF16 and VNNI; Zen 5
-    runs 512-bit instructions at twice the width), hence the family and model numbers."""
+    """CPU model name, vendor, family and model number, the SIMD flags that decide fp32/bf16/int8 kernels, and the
+    CPUs this process may use. Flags alone do not tell CPU generations apart (two generations can list the same
+    AVX-512 flags yet execute 512-bit instructions at different widths), hence the vendor, family and model numbers."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -44,7 +44,6 @@ def cpu_info() -> dict[str, object]:
         "vendor": vendor,
         "family": family,
         "model_number": _int(fields.get("model")),
-        "core": core_generation(vendor, family, flags),
         "machine": platform.machine(),
         "cpus": cpus,
         "simd": [flag for flag in INTERESTING_FLAGS if flag in flags],
@@ -58,17 +57,6 @@ def cpu_info() -> dict[str, object]:
 
 def _int(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
-
-
-def core_generation(vendor: str, family: int | None, flags: set[str]) -> str | None:
-    """The AMD core generation where family and flags decide it (Zen 4: family 25 with AVX-512; Zen 5: family 26)."""
-    if vendor != "AuthenticAMD" or family is None:
-        return None
-    if family == 26:
-        return "Zen 5"
-    if family == 25:
-        return "Zen 4" if "avx512f" in flags else "Zen 3"
-    return None
 
 
 def openvino_cpu() -> dict[str, object] | None:
@@ -98,6 +86,8 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 
 def describe_cpu(info: dict[str, object]) -> str:
+    """``cpu_info``'s record in one line. A ``core`` entry (a name for the CPU's core design that the caller added to
+    the record) follows the model name."""
     family = f", family {info['family']} model {info['model_number']}" if info.get("family") is not None else ""
     core = f" {info['core']}" if info.get("core") else ""
     text = (f"{info['model']}{core} ({info['machine']}{family}, {info['cpus']} CPUs); SIMD: "

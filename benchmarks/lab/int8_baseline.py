@@ -5,7 +5,8 @@ MatMul kept in fp32, quantized from the unfused graph of an export made with ``t
 The folder is an ordinary crossonnx model folder whose ``int8`` precision is that baseline: the runtime loads it
 with ``CrossEncoder(folder, precision="int8")`` and ``crossonnx verify`` checks it like any export. Its manifest is
 the source export's, with this one precision; its parity is measured on the export's reference pairs and
-recorded, not gated (a baseline is kept to be compared, not shipped).
+recorded, not gated (a baseline is kept to be compared, not shipped). What replaced it and why:
+docs/design/ort-int8-plan.md.
 """
 
 from __future__ import annotations

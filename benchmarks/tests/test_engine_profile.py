@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from crossonnx.bench.engine_profile import (
+from crossonnx.bench.workloads import query_passage_pairs
+from crossonnx.manifest import load_manifest
+from lab.engine_profile import (
     KINDS,
     float_matmul_names,
     forward_work,
@@ -18,8 +20,6 @@ from crossonnx.bench.engine_profile import (
     profile_engine,
     workload_feeds,
 )
-from crossonnx.bench.workloads import query_passage_pairs
-from crossonnx.manifest import load_manifest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs crossonnx[openvino]")
 

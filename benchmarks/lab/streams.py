@@ -3,7 +3,8 @@
 OpenVINO's CPU plugin can split its threads into streams, each running its own infer request. With two streams of
 one thread each and two batches in flight, no layer waits for the other thread, which can raise throughput; but a
 lone batch then runs on one thread, and a second compiled model for it costs memory. This module measures both
-sides on the runtime's own graph and compile options, for benchmarks/openvino_streams.py.
+sides on the runtime's own graph and compile options, for benchmarks/openvino_streams.py (why the runtime keeps one
+stream: docs/design/openvino-streams.md).
 """
 
 from __future__ import annotations

@@ -1,13 +1,24 @@
-"""Shared fixtures: offline checkpoints of every architecture family, exported once per test session."""
+"""Shared fixtures of tests/ and benchmarks/tests/: offline checkpoints of every architecture family, exported once
+per test session (one conftest at the root, so both folders share one session's exports).
+
+tests/ holds helper modules the tests import by name (``pairs``, ``serving``, ...) and benchmarks/ the ``lab``
+package of the research benchmarks; both folders go on the path here.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from pairs import FAMILIES, RANDOM_WEIGHT_GATES
+ROOT = Path(__file__).resolve().parent
+for _folder in (ROOT / "tests", ROOT / "benchmarks"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from pairs import FAMILIES, RANDOM_WEIGHT_GATES  # noqa: E402
 
 
 @pytest.fixture(scope="session")

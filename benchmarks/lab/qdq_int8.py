@@ -5,7 +5,8 @@ The same NNCF recipe as int8-static (``nncf_static_int8``: asymmetric activation
 pairs) on the unfused fp32 graph of an export made with ``tensorrt=True`` (the fused graph's ``Attention`` ops have
 no QDQ form), with the same nodes left in float: int8-static's plan (the classifier head and its float
 down-projections) and the MatMuls that multiply two activations (attention). NNCF's ONNX backend writes
-QuantizeLinear / DequantizeLinear pairs, which both engines read.
+QuantizeLinear / DequantizeLinear pairs, which both engines read. Why crossonnx ships the IR instead:
+docs/design/int8-static-ir.md.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ def test_qdq_file_keeps_the_plans_nodes_in_float_and_runs_on_both_engines(unfuse
                                                                          tmp_path: Path) -> None:
     import openvino as ov
 
-    from crossonnx.bench.qdq_int8 import activation_matmuls, quantize_qdq_static
     from crossonnx.exporter.pipeline import calibration_feeds
+    from lab.qdq_int8 import activation_matmuls, quantize_qdq_static
 
     manifest = load_manifest(unfused_export)
     unfused = unfused_export / manifest.entry(UNFUSED_GRAPH).file
@@ -67,7 +67,7 @@ def test_qdq_file_keeps_the_plans_nodes_in_float_and_runs_on_both_engines(unfuse
 
 
 def test_qdq_file_refuses_a_plan_naming_a_node_the_graph_lacks(unfused_export: Path, tmp_path: Path) -> None:
-    from crossonnx.bench.qdq_int8 import quantize_qdq_static
+    from lab.qdq_int8 import quantize_qdq_static
 
     unfused = unfused_export / load_manifest(unfused_export).entry(UNFUSED_GRAPH).file
     with pytest.raises(ValueError, match="no node named '/no/such/MatMul'"):

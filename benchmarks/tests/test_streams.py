@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossonnx.bench.engine_profile import open_openvino, workload_feeds
-from crossonnx.bench.streams import compile_streams, median_ms, resident_mb, run_pipelined
 from crossonnx.bench.workloads import query_passage_pairs
+from lab.engine_profile import open_openvino, workload_feeds
+from lab.streams import compile_streams, median_ms, resident_mb, run_pipelined
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs crossonnx[openvino]")
 

@@ -10,7 +10,8 @@ the batches the runtime plans for a workload, and adds up OpenVINO's per-layer t
 The work each kind did comes from the fp32 graph reshaped to each batch's shape (2 x multiply-adds of every weight
 MatMul and of attention's two activation MatMuls), so each kind's rate is work / time. The peak is one weight
 MatMul of the model's largest shape alone, at the workload's typical batch, in the same arithmetic (bf16, f32, or
-int8 through a FakeQuantize pair, the pattern NNCF writes); its kernel name is reported with it.
+int8 through a FakeQuantize pair, the pattern NNCF writes); its kernel name is reported with it. What the profile
+showed and what was decided from it: docs/design/engine-profile.md.
 """
 
 from __future__ import annotations
