@@ -3,17 +3,19 @@
 Text Embeddings Inference's ``--api-key`` guards every route of its API port, ``/health`` and ``/metrics``
 included (its Prometheus exporter also listens, without a key, on a second port). crossonnx has one port: the key
 guards the scoring endpoints, ``/info``, ``/metrics`` and unknown paths; ``/health`` stays open for load balancers.
+
+Plain ASGI and the standard library only: ``crossonnx serve``'s argument parsing imports this module, and must
+work (and say which extra to install) where Starlette is not installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-
-from starlette.responses import JSONResponse
 
 API_KEY_ENV = "CROSSONNX_API_KEY"
 OPEN_PATHS = ("/health",)
@@ -74,10 +76,14 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         problem = "has no API key" if token is None else "has a wrong API key"
-        response = JSONResponse(
-            {"error": f"the request {problem}; send the header Authorization: Bearer <key>",
-             "error_type": "Unauthorized", "field": None},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
+        await _send_unauthorized(send, f"the request {problem}; send the header Authorization: Bearer <key>")
+
+
+async def _send_unauthorized(send: Send, message: str) -> None:
+    """The 401 in the server's JSON error format, written as plain ASGI messages (no web framework needed)."""
+    body = json.dumps({"error": message, "error_type": "Unauthorized", "field": None},
+                      ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    headers = [(b"content-length", str(len(body)).encode("ascii")), (b"content-type", b"application/json"),
+               (b"www-authenticate", b"Bearer")]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
