@@ -14,23 +14,15 @@ from typing import Any
 
 from crossonnx.errors import ModelFolderError, PrecisionNotExportedError
 from crossonnx.parity import Parity
+from crossonnx.precisions import ROWS
+from crossonnx.precisions import UNFUSED_GRAPH as UNFUSED_GRAPH  # re-exported: the manifest names it
 from crossonnx.scoring import ACTIVATION_FNS
 
 MANIFEST_NAME = "crossonnx.json"
 SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (an OpenVINO IR's weights)
-# Every precision an export can write, and what it is. bf16 runs the fp32 graph with bf16 math on OpenVINO;
-# int8-static is NNCF's calibrated int8 for OpenVINO; int8-dynamic has int8 weights and OpenVINO's run-time
-# quantization of activations. Each engine states which of these it runs (crossonnx/engines).
-PRECISIONS = {
-    "fp32": "exact fp32 (ONNX Runtime or OpenVINO)",
-    "fp16": "fp16 weights and math, fp32 layer norms and softmax (ONNX Runtime; for GPUs)",
-    "int8": "dynamic int8: per-channel int8 weights, activations quantized at run time (ONNX Runtime)",
-    "bf16": "the fp32 graph computed in bf16 (OpenVINO, CPUs with bf16)",
-    "int8-static": "static int8 calibrated on pairs (OpenVINO)",
-    "int8-dynamic": "int8 weights, activations quantized per token at run time (OpenVINO)",
-}
-# The graph before ONNX Runtime's CPU fusions, kept for TensorRT (its contrib ops are not TensorRT layers)
-UNFUSED_GRAPH = "fp32-unfused"
+# Every precision an export can write, and what it is: the precision table's rows (crossonnx/precisions.py), which
+# also say what runs each. An export with --tensorrt adds UNFUSED_GRAPH, the graph TensorRT builds its engines from.
+PRECISIONS = {row.name: row.description for row in ROWS}
 
 
 @dataclass(frozen=True)

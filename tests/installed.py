@@ -1,4 +1,8 @@
-"""What this machine has installed, probed without crossonnx, so provider tests do not compare crossonnx with itself."""
+"""What this machine has installed, probed without crossonnx, so provider tests do not compare crossonnx with itself.
+
+The precision table (crossonnx/precisions.py) says which providers run each precision and what building it needs;
+what this machine offers is probed here, independently of crossonnx's own probes.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,29 @@ import importlib.util
 
 import onnxruntime as ort
 
+from crossonnx.precisions import (
+    NEEDS_CPU_BF16,
+    NEEDS_NNCF,
+    NEEDS_OPENVINO,
+    OPENVINO,
+    PRECISIONS,
+    ROWS,
+    TENSORRT,
+)
+
 
 def expected_auto(precision: str) -> str:
     """The auto rule, written out from what is installed here (independently of crossonnx's own probe).
 
-    bf16, int8-static and int8-dynamic: OpenVINO (only it runs them). Otherwise TensorRT (its provider and
-    libnvinfer; fp32 and fp16 only) > CUDA > ONNX Runtime CPU.
+    A precision only OpenVINO runs: OpenVINO. Otherwise TensorRT (its provider and libnvinfer; the precisions the
+    table lets it run) > CUDA > ONNX Runtime CPU.
     """
-    if precision in ("bf16", "int8-static", "int8-dynamic"):
-        return "openvino"
+    row = PRECISIONS.get(precision)
+    if row is not None and row.providers == (OPENVINO,):
+        return OPENVINO
     offered = ort.get_available_providers()
     libnvinfer = any(_loads(name) for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"))
-    if "TensorrtExecutionProvider" in offered and libnvinfer and precision in ("fp32", "fp16"):
+    if "TensorrtExecutionProvider" in offered and libnvinfer and row is not None and TENSORRT in row.providers:
         return "tensorrt"
     if "CUDAExecutionProvider" in offered:
         return "cuda"
@@ -43,14 +58,15 @@ def cpu_has_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def _met(need: str) -> bool:
+    if need in (NEEDS_OPENVINO, NEEDS_NNCF):
+        return importlib.util.find_spec(need) is not None
+    if need == NEEDS_CPU_BF16:
+        return cpu_has_bf16()
+    raise ValueError(f"no probe for {need!r}")
+
+
 def expected_default_precisions() -> set[str]:
-    """What an export without --precision writes here: fp32, fp16, int8; int8-static and int8-dynamic with
-    OpenVINO and NNCF;
-    bf16 with OpenVINO on a CPU with bf16."""
-    out = {"fp32", "fp16", "int8"}
-    if importlib.util.find_spec("openvino") is not None:
-        if importlib.util.find_spec("nncf") is not None:
-            out.update({"int8-static", "int8-dynamic"})
-        if cpu_has_bf16():
-            out.add("bf16")
-    return out
+    """What an export without --precision writes here: the table's default precisions whose needs (OpenVINO, NNCF,
+    a CPU with bf16) this machine meets."""
+    return {row.name for row in ROWS if row.default and all(_met(need) for need in row.needs)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -180,18 +182,33 @@ NAMED_ENGINES: dict[str, Callable[[argparse.Namespace], Built]] = {
     "flashrank-style": lambda a: (flashrank_style(a), "fp32"),
 }
 # crossonnx engines are named crossonnx[-PROVIDER]-PRECISION: no provider is ONNX Runtime's CPU provider, as in
-# crossonnx-int8; crossonnx-openvino-bf16 is the OpenVINO engine. Kept in step with crossonnx.engines.PROVIDERS and
-# crossonnx.manifest.PRECISIONS (a test checks), since this module imports nothing from crossonnx.
+# crossonnx-int8; crossonnx-openvino-bf16 is the OpenVINO engine. Kept in step with crossonnx.engines.PROVIDERS (a
+# test checks), since this module imports nothing from crossonnx; the precisions are the precision table's
+# (crossonnx/precisions.py, read by path: plain data, standard library only).
 NAMED_PROVIDERS = ("openvino", "cuda", "tensorrt")  # besides "cpu", which a name leaves out
-CROSSONNX_PRECISIONS = ("fp32", "fp16", "int8", "bf16", "int8-static", "int8-dynamic")
+
+
+def _precision_table() -> Any:
+    """crossonnx/precisions.py, loaded from beside this file: peers' environments may not have crossonnx installed."""
+    path = Path(__file__).resolve().parents[1] / "precisions.py"
+    spec = importlib.util.spec_from_file_location("_crossonnx_precisions", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+CROSSONNX_PRECISIONS = tuple(_precision_table().PRECISIONS)
 ENGINE_FORMS = (f"{', '.join(NAMED_ENGINES)}, or crossonnx[-PROVIDER]-PRECISION with PROVIDER one of "
                 f"{', '.join(NAMED_PROVIDERS)} (none: ONNX Runtime CPU) and PRECISION one of "
                 f"{', '.join(CROSSONNX_PRECISIONS)}")
 
 
 def crossonnx_variant(engine: str) -> tuple[str, str] | None:
-    """'crossonnx-int8' -> ('cpu', 'int8'); 'crossonnx-openvino-int8-static' -> ('openvino', 'int8-static');
-    None for a peer's name; ValueError for a crossonnx name that names no provider/precision."""
+    """(provider, precision) of a crossonnx engine name: crossonnx-int8 is (cpu, int8), crossonnx-openvino-int8-static
+    is (openvino, int8-static); None for a peer's name; ValueError for a crossonnx name that names no
+    provider/precision."""
     if not engine.startswith("crossonnx-"):
         return None
     rest = engine.removeprefix("crossonnx-")
@@ -205,7 +222,7 @@ def crossonnx_variant(engine: str) -> tuple[str, str] | None:
 
 
 def engine_name(provider: str, precision: str) -> str:
-    """The engine name of a crossonnx variant: ('cpu', 'int8') -> 'crossonnx-int8' (crossonnx_variant's inverse)."""
+    """The engine name of a crossonnx variant, crossonnx_variant's inverse: (cpu, int8) -> crossonnx-int8."""
     return "crossonnx-" + ("" if provider == "cpu" else f"{provider}-") + precision
 
 

@@ -5,9 +5,9 @@ An engine runs one graph of a model folder: ``run(feed) -> logits``. Two engines
 - ONNX Runtime (``engines/onnxruntime.py``): providers ``cpu``, ``cuda`` and ``tensorrt``; the base install.
 - OpenVINO (``engines/openvino.py``): provider ``openvino``, with explicit precision hints; the ``openvino`` extra.
 
-Which precisions each engine runs, and which file it runs them from, is stated in its module (``PRECISIONS``);
-this module only chooses. Batching, tokenization, activation and input checks live above the engines, in
-``CrossEncoder``, and are the same for all of them.
+Which providers run each precision, from which file, is stated in the precision table (crossonnx/precisions.py);
+this module maps providers to engines and chooses. Batching, tokenization, activation and input checks live above
+the engines, in ``CrossEncoder``, and are the same for all of them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,27 @@ import numpy as np
 from crossonnx.engines import onnxruntime as ort_engine
 from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError, install_command
 from crossonnx.manifest import Manifest
+from crossonnx.precisions import (
+    CPU,
+    CUDA,
+    DEFAULT_PRECISION,
+    GPUS,
+    GRAPH_OF,
+    NEEDS_NNCF,
+    OPENVINO,
+    ROWS,
+    TENSORRT,
+)
 
 # provider name -> engine module name
-ENGINE_OF = {"cpu": "onnxruntime", "cuda": "onnxruntime", "tensorrt": "onnxruntime", "openvino": "openvino"}
+ENGINE_OF = {CPU: "onnxruntime", CUDA: "onnxruntime", TENSORRT: "onnxruntime", OPENVINO: "openvino"}
 PROVIDERS = tuple(ENGINE_OF)
-# Precisions only the OpenVINO engine runs (kept here so that choosing needs no openvino)
-OPENVINO_INT8 = ("int8-static", "int8-dynamic")  # quantized by NNCF at export; their MatMuls run in int8
-OPENVINO_ONLY = ("bf16", *OPENVINO_INT8)
+# What the precision table says each engine runs (here so that choosing needs no openvino)
+OPENVINO_ONLY = tuple(row.name for row in ROWS if {ENGINE_OF[p] for p in row.providers} == {"openvino"})
+OPENVINO_INT8 = tuple(name for name in OPENVINO_ONLY if NEEDS_NNCF in GRAPH_OF[name].needs)  # NNCF's int8 MatMuls
+TENSORRT_PRECISIONS = ort_engine.TENSORRT_PRECISIONS  # TensorRT builds their engines from the unfused graph
+# What ONNX Runtime's CPU provider offers instead of a precision it cannot run (not those meant for GPUs)
+CPU_ALTERNATIVES = tuple(row.name for row in ROWS if CPU in row.providers and row.hardware != GPUS)
 OPENVINO_INSTALL = install_command("openvino")
 
 
@@ -82,7 +96,7 @@ def resolve_provider(
     available: list[str] | None = None,
     tensorrt_ready: bool | None = None,
     *,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> ProviderChoice:
     """'auto' or a provider name -> an installed provider that runs ``precision``, and the reason; or a clear error.
 
@@ -118,16 +132,16 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
             return ProviderChoice("openvino", f"auto: {precision} runs on OpenVINO only")
         raise ProviderUnavailableError(
             f"precision {precision!r} runs on the OpenVINO engine, which is not installed. "
-            f"Install it with: {OPENVINO_INSTALL}, or use precision 'fp32' or 'int8' on ONNX Runtime"
+            f"Install it with: {OPENVINO_INSTALL}, or use precision {_either(' or ')} on ONNX Runtime"
         )
-    if _tensorrt_ready(available, tensorrt_ready) and precision in ("fp32", "fp16"):
+    if _tensorrt_ready(available, tensorrt_ready) and precision in TENSORRT_PRECISIONS:
         return ProviderChoice("tensorrt", "auto: TensorRT provider and libraries present")
     if "cuda" in available:
         skipped = " (TensorRT provider offered but libnvinfer not loadable)" if "tensorrt" in available else ""
         return ProviderChoice("cuda", f"auto: CUDA provider present{skipped}")
     if "openvino" in available:
-        # fp32 on OpenVINO (exact f32) measured 0.82x-1.12x ONNX Runtime's fp32 in five runs of
-        # benchmarks/throughput.py --issue-13, with about 2x its memory: not a clear win, so auto keeps ONNX Runtime
+        # exact fp32 on OpenVINO is not a clear win over ONNX Runtime's and takes more memory, so auto keeps ONNX
+        # Runtime (docs/design/fp32-on-onnxruntime.md)
         return ProviderChoice(
             "cpu", f"auto: no GPU; {precision} runs on ONNX Runtime's CPU provider (OpenVINO is installed: it is "
             "auto's pick for bf16 and the OpenVINO int8s, and provider='openvino' runs fp32 there too)"
@@ -135,10 +149,16 @@ def _auto(precision: str, available: list[str], tensorrt_ready: bool | None) -> 
     return ProviderChoice("cpu", "auto: no GPU provider in this onnxruntime build and no OpenVINO")
 
 
+def _either(separator: str) -> str:
+    """The precisions ONNX Runtime's CPU provider offers instead, quoted: "'a' or 'b'"."""
+    return separator.join(repr(name) for name in CPU_ALTERNATIVES)
+
+
 def validation_provider(precision: str) -> str:
-    """The engine a precision is validated on (at export and by verify): OpenVINO for its own precisions, ONNX
-    Runtime's CPU otherwise."""
-    return "openvino" if precision in OPENVINO_ONLY else "cpu"
+    """The provider a precision is validated on (at export and by verify), as its table row says: OpenVINO for its
+    own precisions, ONNX Runtime's CPU otherwise."""
+    row = GRAPH_OF.get(precision)
+    return row.validated_on if row is not None else CPU
 
 
 def install_hint(provider: str) -> str:
@@ -168,7 +188,7 @@ def open_engine(
     if precision in OPENVINO_ONLY:
         raise PrecisionNotExportedError(
             f"precision {precision!r} runs on the OpenVINO engine only, not on ONNX Runtime ({provider}). "
-            f"Use provider='openvino' ({OPENVINO_INSTALL}), or precision 'fp32' / 'int8' on ONNX Runtime"
+            f"Use provider='openvino' ({OPENVINO_INSTALL}), or precision {_either(' / ')} on ONNX Runtime"
         )
     return ort_engine.OrtEngine.load(
         model_dir, manifest, precision, provider,

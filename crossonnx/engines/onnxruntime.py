@@ -21,6 +21,7 @@ import onnxruntime as ort
 from crossonnx.errors import ModelFolderError, PrecisionNotExportedError, ProviderUnavailableError
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, check_file
 from crossonnx.paths import cache_root
+from crossonnx.precisions import PRECISIONS, TENSORRT, runs_on
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -33,8 +34,8 @@ AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so")
 TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_libs", "tensorrt-cu13-libs")
 DEFAULT_MAX_BATCH = 64
-# Padded tokens per model call. On CPU, batches beyond a few thousand tokens are no faster (measured: 1024-2048
-# tokens match or beat unbounded batches of 32 query-passage pairs) but activation memory grows with them.
+# Padded tokens per model call. On CPU, batches beyond a few thousand tokens are no faster than batches of this
+# many, but activation memory grows with them (docs/design/token-budget.md).
 TOKEN_BUDGET = 2048
 OPT_BATCH = 32
 OPT_LENGTH = 128
@@ -43,6 +44,9 @@ GPU_INSTALL_HINT = (
     "Install the GPU build with: pip uninstall -y onnxruntime && pip install crossonnx-gpu "
     "(see README, GPU), or use provider='cpu'."
 )
+# What TensorRT runs (the precision table's rows for it), and the name of its engine arithmetic: fp16 or not
+TENSORRT_PRECISIONS = runs_on(TENSORRT)
+TENSORRT_ARITHMETIC = {PRECISIONS[name].tensorrt_fp16: name for name in TENSORRT_PRECISIONS}
 TENSORRT_INSTALL_HINT = (
     "ONNX Runtime offers the TensorRT provider but the TensorRT libraries (libnvinfer) cannot be loaded: "
     "pip install tensorrt (matching your CUDA major version), or use provider='cuda'."
@@ -133,7 +137,7 @@ def tensorrt_loadable() -> bool:
 def cache_key(model_sha256: str, gpu: str, trt_version: str, fp16: bool, profile: Profile) -> str:
     """Engines are valid only for one graph, GPU model, TensorRT version, precision and shape profile."""
     text = "|".join(
-        [model_sha256, gpu, trt_version, "fp16" if fp16 else "fp32", f"{profile.max_batch}x{profile.max_length}"]
+        [model_sha256, gpu, trt_version, TENSORRT_ARITHMETIC[fp16], f"{profile.max_batch}x{profile.max_length}"]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -200,10 +204,11 @@ def graph_for(
         return precision, cuda_options(device_id)
     if provider != "tensorrt":
         return precision, None
-    if precision not in ("fp32", "fp16"):
+    if precision not in TENSORRT_PRECISIONS:
+        half = TENSORRT_ARITHMETIC[True]
         raise PrecisionNotExportedError(
             f"precision {precision!r} is not supported on TensorRT (its int8 needs static QDQ calibration); "
-            "use precision='fp16' (TensorRT builds fp16 from the unfused graph) or provider='cuda'"
+            f"use precision={half!r} (TensorRT builds {half} from the unfused graph) or provider='cuda'"
         )
     if UNFUSED_GRAPH not in manifest.precisions:
         raise PrecisionNotExportedError(
@@ -216,7 +221,7 @@ def graph_for(
         input_names=list(manifest.inputs),
         profile=Profile(max_batch=max_batch, max_length=max_length),
         cache_root=cache_root(),
-        fp16=precision == "fp16",
+        fp16=PRECISIONS[precision].tensorrt_fp16,
         device_id=device_id,
     )
     return UNFUSED_GRAPH, options
@@ -232,7 +237,7 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Batches change shape all the time: a memory pattern planned for one shape only costs time and memory.
     options.enable_mem_pattern = False
-    # Smaller, shrinking work blocks per thread: +7% on small models (TinyBERT-L-2), neutral on larger ones.
+    # Smaller, shrinking work blocks per thread: faster on small models, neutral on larger ones.
     options.add_session_config_entry("session.dynamic_block_base", "4")
     options.log_severity_level = 3
     return options

@@ -1,11 +1,11 @@
 """The OpenVINO engine (the ``openvino`` extra): compiles a model folder's graph for the CPU with explicit hints.
 
 OpenVINO's CPU plugin runs bf16 by default wherever the CPU has bf16 (``INFERENCE_PRECISION_HINT``), so an
-unhinted "fp32" would silently be bf16. Here every precision states what it executes as: ``fp32`` is f32,
-``bf16`` is bf16 (refused on a CPU without bf16), and an exported precision's manifest entry may name its own
-hint (``details["inference_precision"]``, e.g. for the static int8 graph) and compile options
-(``details["openvino_config"]``). The compiled model is cached
-(``CACHE_DIR``), so later processes start faster.
+unhinted fp32 would silently be bf16. Here every precision states what it executes as: its row of the precision
+table (crossonnx/precisions.py) names its hint (f32 for exact fp32; bf16, refused on a CPU without bf16), and an
+exported precision's manifest entry may name its own (``details["inference_precision"]``, e.g. for the static int8
+graph) and compile options (``details["openvino_config"]``). The compiled model is cached (``CACHE_DIR``), so later
+processes start faster.
 """
 
 from __future__ import annotations
@@ -16,22 +16,28 @@ from typing import Any
 
 import numpy as np
 
+from crossonnx.engines import CPU_ALTERNATIVES
 from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError, install_command, require_module
 from crossonnx.manifest import Manifest, check_file
 from crossonnx.paths import cache_root
+from crossonnx.precisions import DEFAULT_PRECISION, OPENVINO, OPENVINO_BF16, OPENVINO_F32, ROWS
 
-# precision -> (manifest entry it runs, OpenVINO inference precision unless the entry names its own)
+# precision -> (manifest entry it runs, OpenVINO inference precision unless the entry names its own), from the table
 PRECISIONS: dict[str, tuple[str, str]] = {
-    "fp32": ("fp32", "f32"),
-    "bf16": ("bf16", "bf16"),
-    "int8-static": ("int8-static", "f32"),
-    "int8-dynamic": ("int8-dynamic", "f32"),
+    row.name: (row.name, row.openvino_hint) for row in ROWS if OPENVINO in row.providers and row.openvino_hint
 }
+# what ONNX Runtime runs and OpenVINO does not
+ONNXRUNTIME_ONLY = tuple(row.name for row in ROWS if OPENVINO not in row.providers)
 INSTALL = install_command("openvino")
-# OpenVINO's CPU kernels want larger calls than ONNX Runtime's: on the real MiniLM, 512 query-passage pairs in
-# batches of 32 rows, 2 threads, int8-static ran 153 / 178 / 187 pairs/s at 2048 / 4096 / 8192 padded tokens per
-# call (bf16 117 / 119 / 125); 8192 still bounds activation memory.
+# OpenVINO's CPU kernels run faster on larger calls than ONNX Runtime's, up to this many padded tokens per call,
+# which still bounds activation memory (docs/design/token-budget.md).
 TOKEN_BUDGET = 8192
+
+
+def _instead() -> str:
+    """The precisions ONNX Runtime's CPU provider offers instead of bf16 arithmetic, quoted, the exact one first."""
+    others = [repr(name) for name in CPU_ALTERNATIVES if name != DEFAULT_PRECISION]
+    return " or ".join([f"{DEFAULT_PRECISION!r} (exact)", *others])
 
 
 def _openvino() -> Any:
@@ -45,6 +51,11 @@ def cpu_capabilities(core: Any = None) -> list[str]:
 
 def has_bf16(core: Any = None) -> bool:
     return "BF16" in cpu_capabilities(core)
+
+
+def float_hint(core: Any = None) -> str:
+    """The inference precision for the float operations of a graph exported here: bf16 where the CPU has it."""
+    return OPENVINO_BF16 if has_bf16(core) else OPENVINO_F32
 
 
 def precision_name(hint: Any) -> str:
@@ -91,17 +102,17 @@ class OpenVinoEngine:
         if precision not in PRECISIONS:
             raise PrecisionNotExportedError(
                 f"precision {precision!r} does not run on OpenVINO; it runs {', '.join(PRECISIONS)}. "
-                "Use provider='cpu' (ONNX Runtime) for fp16 and int8"
+                f"Use provider='cpu' (ONNX Runtime) for {' and '.join(ONNXRUNTIME_ONLY)}"
             )
         ov = _openvino()
         entry_name, default_hint = PRECISIONS[precision]
         entry = manifest.entry(entry_name)
         hint = str(entry.details.get("inference_precision", default_hint))
         core = ov.Core()
-        if hint == "bf16" and not has_bf16(core):
+        if hint == OPENVINO_BF16 and not has_bf16(core):
             raise ProviderUnavailableError(
                 f"precision {precision!r} was validated with bf16 arithmetic, which this CPU lacks (no AVX-512 BF16 "
-                "or AMX), and crossonnx never falls back to fp32 silently. Use precision='fp32' (exact) or 'int8' "
+                f"or AMX), and crossonnx never falls back to fp32 silently. Use precision={_instead()} "
                 "(ONNX Runtime), or export on this CPU (its OpenVINO int8s are then validated with f32)"
             )
         path = check_file(model_dir, entry)

@@ -5,19 +5,18 @@ module) stores int8 weights and lets OpenVINO quantize the activations of each t
 
 int8-static
 
-Measured on the real MiniLM cross-encoder (crossonnx's fused fp32 graph read by OpenVINO, NNCF 3.4, Spearman
-against PyTorch fp32 on 256 query-passage pairs / 600 STSb test pairs):
+How the recipe was found on the real MiniLM cross-encoder (crossonnx's fused fp32 graph read by OpenVINO, Spearman
+against PyTorch fp32 on held-out query-passage pairs and STSb test pairs) is recorded in
+docs/design/int8-static-recipe.md; in short:
 
-- NNCF's defaults for transformers (symmetric activations, SmoothQuant alpha 0.95, head quantized): 0.9950 / 0.9987;
-- asymmetric activations (``MIXED``: the feed-forward input after GELU is mostly positive), head kept out:
-  0.9967 / 0.9987;
+- NNCF's defaults for transformers (symmetric activations, SmoothQuant alpha 0.95, head quantized) rank worst;
+- asymmetric activations (``MIXED``: the feed-forward input after GELU is mostly positive), head kept out, do better;
 - the feed-forward down-projection (input: GELU output) is by far the most sensitive MatMul, most of all in the
-  first layers; keeping it out of int8 in layers 0 and 1 with SmoothQuant alpha 0.8: 0.9990 / 0.9997;
+  first layers; keeping it out of int8 in the first layers, with SmoothQuant alpha 0.8, does best;
 - NNCF's transformer preset also quantizes attention's two activation-by-activation MatMuls (query x key, and the
   softmax probabilities x value: one scale per tensor for probabilities in 0..1). Leaving them in the inference
-  precision: 0.99908-0.99931 on twelve held-out sets of 1024 query-passage pairs (on three of them 0.99921-0.99923,
-  where quantizing them gave 0.99883-0.99897), at the same speed (OpenVINO's int8 attention ran no faster than its
-  bf16 one: 54 against 56 ms on one 32 x 190 batch, AMD Zen 5).
+  precision ranks better, at the same speed: OpenVINO's int8 attention runs no faster than its float one
+  (docs/design/int8-static-attention-float.md).
 
 So the plan is: asymmetric activations, SmoothQuant 0.8, the classifier head (the last two weight MatMuls) and
 attention's activation MatMuls left in float, and the fewest down-projections, first layers first, left in float
@@ -27,8 +26,8 @@ operations run in bf16 where the CPU has it (the plan records what the file was 
 elsewhere.
 
 The result is an OpenVINO IR (``.xml`` + ``.bin``), an engine-specific file: the same recipe as a portable QDQ ONNX
-file ran on OpenVINO at the IR's speed and accuracy, but on ONNX Runtime at 0.65x the dynamic int8 crossonnx already
-ships as ``int8`` (benchmarks/graph_formats.py).
+file runs on OpenVINO at the IR's speed and accuracy, but on ONNX Runtime slower than the dynamic int8 crossonnx
+already ships for it (benchmarks/graph_formats.py, docs/design/int8-static-ir.md).
 """
 
 from __future__ import annotations
@@ -133,7 +132,7 @@ def run_logits(model: Any, feeds: Feeds, hint: str, threads: int = 0) -> np.ndar
 
 
 def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
-    """int8-static's NNCF recipe (above) applied to ``model``, an OpenVINO model or an ONNX ModelProto (which NNCF
+    """The NNCF recipe of int8-static (above) applied to ``model``, an OpenVINO model or an ONNX ModelProto (which NNCF
     returns as a QDQ ONNX model), with the nodes ``keep_float`` names left in float; ``model`` is not changed."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -197,11 +196,9 @@ def quantize_static_int8(
 
 # ------------------------------------------------------------------------------------------------- int8-dynamic
 # OpenVINO's CPU plugin quantizes a FullyConnected's input at run time, per group of this many values of each token,
-# when the weights are stored as int8 (DYNAMIC_QUANTIZATION_GROUP_SIZE). Measured on the real MiniLM (2 threads,
-# AVX-512 VNNI + BF16), Spearman against PyTorch fp32 on four sets of 768-1024 query-passage pairs, and pairs/s:
-#   group 32: 0.99954-0.99960, 122;  64: 0.99931-0.99943, 132;  128: 0.99910-0.99932, 137-147;  384: 0.9982, 149;
-#   int8 weights alone (no run-time quantization): 0.99968, 111, slower than bf16 (117).
-# Static int8 reached 0.9987-0.9990 on the same pairs. 64 keeps Spearman 0.999 with a margin.
+# when the weights are stored as int8 (DYNAMIC_QUANTIZATION_GROUP_SIZE). Smaller groups rank closer to PyTorch fp32
+# and run slower; int8 weights without run-time quantization are expanded to float and run slower than bf16. 64 keeps
+# Spearman above 0.999 with a margin on the real MiniLM (docs/design/int8-dynamic-groups.md).
 DYNAMIC_GROUP_SIZE = 64
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossonnx.batching import plan_batches
-from crossonnx.engines import OPENVINO_ONLY
+from crossonnx.engines import OPENVINO_INSTALL, openvino_installed
 from crossonnx.errors import ExportError, ValidationError, install_command
 from crossonnx.exporter.convert import (
     LoadedCheckpoint,
@@ -38,6 +38,7 @@ from crossonnx.exporter.validate import default_gates, parse_gate_overrides, val
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, PrecisionEntry, TokenizerSpec, file_record, sha256_file
 from crossonnx.parity import Parity
+from crossonnx.precisions import GRAPH_OF, GRAPHS, NEEDS_CPU_BF16, NEEDS_NNCF, NEEDS_OPENVINO, ROWS, Precision
 from crossonnx.tokenization import PairTokenizer
 from crossonnx.versions import library_versions
 
@@ -176,11 +177,10 @@ def export_model(
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
     Nothing is written at ``out`` unless every requested precision passes its gate. ``precisions`` defaults to
-    every precision this environment can build and validate (``default_precisions``: fp32, fp16, int8, and
-    OpenVINO's int8-static and int8-dynamic where OpenVINO and NNCF are there, bf16 where the CPU has it too).
+    every default precision of the table (crossonnx/precisions.py) this environment can build and validate
+    (``default_precisions``: OpenVINO's need OpenVINO, its int8s NNCF, and bf16 a CPU with bf16 too).
     ``gate_overrides`` take the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps
-    the graph before ONNX Runtime's CPU fusions (``fp32-unfused``), which TensorRT builds its fp32/fp16 engines
-    from.
+    the graph before ONNX Runtime's CPU fusions (``UNFUSED_GRAPH``), which TensorRT builds its engines from.
     """
     request = ExportRequest.check(
         precisions, max_length=max_length, opset=opset, gate_overrides=gate_overrides, tensorrt=tensorrt,
@@ -239,7 +239,7 @@ class ExportRequest:
         """Reject bad arguments before anything is loaded."""
         wanted = _normalize_precisions(default_precisions() if precisions is None else precisions)
         for precision in wanted:
-            problem = openvino_problem(precision) if precision in OPENVINO_ONLY else None
+            problem = build_problem(precision)
             if problem is not None:
                 raise ExportError(f"cannot export {precision}: {problem}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 3):
@@ -287,7 +287,11 @@ class Export:
         return self.tmp / PLAIN_GRAPH
 
     def file(self, precision: str) -> Path:
-        return self.tmp / STAGE_OF[precision].file
+        return self.tmp / GRAPH_OF[precision].file
+
+    def source(self, row: Precision) -> Path:
+        """The graph ``row`` is built from: its ``built_from`` precision's file, else the plain graph."""
+        return self.file(row.built_from) if row.built_from is not None else self.plain
 
     def scored(self) -> Reference:
         if self.reference is None:
@@ -361,110 +365,143 @@ def save_tokenizer(export: Export) -> None:
 # ------------------------------------------------------------------------------------------- precision stages
 
 
+Builder = Callable[[Export, Precision], dict[str, Any]]
+
+
 @dataclass(frozen=True)
-class PrecisionStage:
-    """How one precision's file is built. STAGES runs them in order; each may read the files of those before it."""
+class PrecisionBuilder:
+    """How one precision's file is built: ``build`` writes ``export.file(row.name)`` and returns its manifest
+    details; ``step`` is its numbered progress line (None: it takes no step of its own)."""
 
-    precision: str
-    file: str
-    build: Callable[[Export], dict[str, Any]]  # writes export.file(precision); returns its manifest details
-    step: str | None = None  # its numbered progress line; None: it takes no step of its own
-    always: bool = False  # built for every export (later stages read its file); the file is dropped if not wanted
-    extra_files: tuple[str, ...] = ()  # files written beside ``file`` that its graph needs (an IR's weights)
+    build: Builder
+    step: str | None = None
 
 
-def _build_fp32(export: Export) -> dict[str, Any]:
-    details = fuse(export.plain, export.file("fp32"), export.checkpoint.config)
+def _build_fp32(export: Export, row: Precision) -> dict[str, Any]:
+    details = fuse(export.source(row), export.file(row.name), export.checkpoint.config)
     export.steps.note(str(details.get("fused_operators", details["graph"])))
     return details
 
 
-def _build_fp16(export: Export) -> dict[str, Any]:
-    return to_mixed_fp16(export.file("fp32"), export.file("fp16"))
+def _build_fp16(export: Export, row: Precision) -> dict[str, Any]:
+    return to_mixed_fp16(export.source(row), export.file(row.name))
 
 
-def _build_int8(export: Export) -> dict[str, Any]:
+def _build_int8(export: Export, row: Precision) -> dict[str, Any]:
     feeds = calibration_feeds(
         export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs
     )
-    return quantize_int8(export.plain, export.file("int8"), feeds=feeds, log=export.steps.note)
+    return quantize_int8(export.source(row), export.file(row.name), feeds=feeds, log=export.steps.note)
 
 
-def _build_bf16(export: Export) -> dict[str, Any]:
-    """Nothing to write: bf16 is the fp32 graph computed in bf16 by OpenVINO (validated as such)."""
-    return {"graph": STAGE_OF["fp32"].file, "engine": "openvino", "inference_precision": "bf16"}
+def _build_bf16(export: Export, row: Precision) -> dict[str, Any]:
+    """Nothing to write: the graph it is built from, computed by OpenVINO with its hint (validated as such)."""
+    return {"graph": row.file, "engine": "openvino", "inference_precision": row.openvino_hint}
 
 
-def _build_int8_static(export: Export) -> dict[str, Any]:
-    from crossonnx.engines.openvino import has_bf16
+def _build_int8_static(export: Export, row: Precision) -> dict[str, Any]:
+    from crossonnx.engines.openvino import float_hint
     from crossonnx.exporter.openvino_int8 import quantize_static_int8
 
     feeds = calibration_feeds(  # one pair per feed: real lengths, no padding in the activation statistics
         export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs, batch=1
     )
-    return quantize_static_int8(export.file("fp32"), export.file("int8-static"), feeds,
-                                "bf16" if has_bf16() else "f32", log=export.steps.note)
+    return quantize_static_int8(export.source(row), export.file(row.name), feeds, float_hint(), log=export.steps.note)
 
 
-def _build_int8_dynamic(export: Export) -> dict[str, Any]:
-    from crossonnx.engines.openvino import has_bf16
+def _build_int8_dynamic(export: Export, row: Precision) -> dict[str, Any]:
+    from crossonnx.engines.openvino import float_hint
     from crossonnx.exporter.openvino_int8 import compress_dynamic_int8
 
-    return compress_dynamic_int8(export.file("fp32"), export.file("int8-dynamic"), "bf16" if has_bf16() else "f32")
+    return compress_dynamic_int8(export.source(row), export.file(row.name), float_hint())
 
 
-def openvino_problem(precision: str) -> str | None:
-    """Why this environment cannot build and validate an OpenVINO precision, or None when it can."""
-    from crossonnx.engines import OPENVINO_INSTALL, OPENVINO_INT8, openvino_installed
-
-    if not openvino_installed():
-        return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
-    if precision in OPENVINO_INT8 and importlib.util.find_spec("nncf") is None:
-        return f"{precision} is quantized with NNCF, which is not installed: {install_command('export')}"
-    if precision == "bf16":
-        from crossonnx.engines.openvino import has_bf16
-
-        if not has_bf16():
-            return "bf16 is validated on this CPU, which has no bf16 (AVX-512 BF16 or AMX): export on one that has"
-    return None
-
-
-def _keep_unfused(export: Export) -> dict[str, Any]:
-    export.plain.rename(export.file(UNFUSED_GRAPH))
+def _keep_unfused(export: Export, row: Precision) -> dict[str, Any]:
+    export.plain.rename(export.file(row.name))
     return {"graph": "unfused (for TensorRT)"}
 
 
-# The order is the order they run in, the manifest lists them in, and they are validated in. To add a precision:
-# name it in crossonnx/manifest.py PRECISIONS, write a builder here and add its stage, give it a gate in
-# crossonnx/exporter/validate.py default_gates (and, for an OpenVINO-only precision, OPENVINO_ONLY in
-# crossonnx/engines, which validation_provider follows).
-STAGES: tuple[PrecisionStage, ...] = (
-    PrecisionStage("fp32", "model_fp32.onnx", _build_fp32, "fusing transformer operators", always=True),
-    PrecisionStage("fp16", "model_fp16.onnx", _build_fp16, "converting to mixed fp16"),
-    PrecisionStage("int8", "model_int8.onnx", _build_int8, "quantizing to int8 (measuring which MatMuls int8 hurts)"),
-    PrecisionStage("bf16", "model_fp32.onnx", _build_bf16),  # the fp32 graph, run in bf16 by OpenVINO
-    PrecisionStage("int8-static", "model_int8_static.xml", _build_int8_static,
-                   "quantizing to static int8 for OpenVINO (NNCF, calibrated on pairs)",
-                   extra_files=("model_int8_static.bin",)),
-    PrecisionStage("int8-dynamic", "model_int8_dynamic.xml", _build_int8_dynamic,
-                   "storing int8 weights for OpenVINO's run-time int8 (NNCF)", extra_files=("model_int8_dynamic.bin",)),
-    PrecisionStage(UNFUSED_GRAPH, "model_fp32_unfused.onnx", _keep_unfused),  # with tensorrt=True
+# Each precision of the table (crossonnx/precisions.py) and its builder; a new precision is a row there and one here
+BUILDERS: dict[str, PrecisionBuilder] = {
+    "fp32": PrecisionBuilder(_build_fp32, "fusing transformer operators"),
+    "fp16": PrecisionBuilder(_build_fp16, "converting to mixed fp16"),
+    "int8": PrecisionBuilder(_build_int8, "quantizing to int8 (measuring which MatMuls int8 hurts)"),
+    "bf16": PrecisionBuilder(_build_bf16),
+    "int8-static": PrecisionBuilder(
+        _build_int8_static, "quantizing to static int8 for OpenVINO (NNCF, calibrated on pairs)"
+    ),
+    "int8-dynamic": PrecisionBuilder(_build_int8_dynamic, "storing int8 weights for OpenVINO's run-time int8 (NNCF)"),
+    UNFUSED_GRAPH: PrecisionBuilder(_keep_unfused),  # with tensorrt=True
+}
+
+
+def build_problem(precision: str) -> str | None:
+    """Why this environment cannot build and validate ``precision`` (what its row ``needs``), or None when it can."""
+    for need in GRAPH_OF[precision].needs:
+        if need == NEEDS_OPENVINO:
+            if not openvino_installed():
+                return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
+        elif need == NEEDS_NNCF:
+            if importlib.util.find_spec("nncf") is None:
+                return f"{precision} is quantized with NNCF, which is not installed: {install_command('export')}"
+        elif need == NEEDS_CPU_BF16:
+            from crossonnx.engines.openvino import has_bf16
+
+            if not has_bf16():
+                return (f"{precision} is validated on this CPU, which has no bf16 (AVX-512 BF16 or AMX): export on "
+                        "one that has")
+        else:
+            raise ValueError(f"{precision} needs {need!r}, which the exporter cannot check")
+    return None
+
+
+@dataclass(frozen=True)
+class PrecisionStage:
+    """One precision's row and builder. STAGES runs them in order; each may read the files of those before it."""
+
+    row: Precision
+    build: Builder  # writes export.file(precision); returns its manifest details
+    step: str | None = None  # its numbered progress line; None: it takes no step of its own
+
+    @property
+    def precision(self) -> str:
+        return self.row.name
+
+    @property
+    def file(self) -> str:
+        return self.row.file
+
+    @property
+    def extra_files(self) -> tuple[str, ...]:
+        """Files written beside ``file`` that its graph needs (an IR's weights)."""
+        return self.row.extra_files
+
+    @property
+    def always(self) -> bool:
+        """Built for every export (later stages read its file); the file is dropped if not wanted."""
+        return any(other.built_from == self.row.name for other in GRAPHS)
+
+
+# The order is the table's: the order they run in, the manifest lists them in, and they are validated in
+STAGES: tuple[PrecisionStage, ...] = tuple(
+    PrecisionStage(row, BUILDERS[row.name].build, BUILDERS[row.name].step) for row in GRAPHS
 )
 STAGE_OF = {stage.precision: stage for stage in STAGES}
-# what --precision can ask for (fp32-unfused comes with --tensorrt), and what an export writes by default
-EXPORT_PRECISIONS = tuple(stage.precision for stage in STAGES if stage.precision != UNFUSED_GRAPH)
-BASE_PRECISIONS = ("fp32", "fp16", "int8")  # what every environment with the export extra builds
+# what --precision can ask for (the unfused graph comes with --tensorrt), and what every environment with the export
+# extra builds
+EXPORT_PRECISIONS = tuple(row.name for row in ROWS)
+BASE_PRECISIONS = tuple(row.name for row in ROWS if not row.needs)
 
 
 def default_precisions(note: Callable[[str], None] | None = None) -> list[str]:
-    """Every precision this environment can build and validate: the base three, and OpenVINO's where it can."""
-    chosen = list(BASE_PRECISIONS)
-    for precision in EXPORT_PRECISIONS:
-        if precision in chosen:
+    """Every precision this environment can build and validate: the table's defaults whose needs are met here."""
+    chosen = []
+    for row in ROWS:
+        if not row.default:
             continue
-        problem = openvino_problem(precision)
+        problem = build_problem(row.name)
         if problem is None:
-            chosen.append(precision)
+            chosen.append(row.name)
         elif note is not None:
             note(f"not exporting {problem}")
     return chosen
@@ -475,7 +512,7 @@ def build_precisions(export: Export) -> None:
     for stage in export.request.stages():
         if stage.step is not None:
             export.steps(stage.step)
-        export.details[stage.precision] = {**stage.build(export), "cls_only_last_layer": export.pruned}
+        export.details[stage.precision] = {**stage.build(export, stage.row), "cls_only_last_layer": export.pruned}
         release_memory()
     kept = {STAGE_OF[precision].file for precision in export.request.precisions}
     for precision in export.details:

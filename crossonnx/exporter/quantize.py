@@ -1,12 +1,11 @@
 """int8 variant: dynamic quantization of the weight MatMuls, with the first ([CLS]) position kept in fp32.
 
-Where the error comes from was measured on the real MiniLM cross-encoder (a one-off measurement, not kept as a
-file; benchmarks/results/accuracy.md compares the outcome with plain dynamic int8): activations are quantized
-per tensor at run time (uint8, ONNX Runtime's DynamicQuantizeLinear), and the [CLS] token carries massive
-activations in a few channels (|x| up to ~28 where the other tokens stay under ~6-11 at the feed-forward inputs).
-One row sets the quantization step for the whole batch, so every other token loses most of its resolution. The
-exporter therefore splits each weight MatMul into the first position (fp32 math on fp16-stored weights, B rows) and
-the other positions (int8). The int8 rows then get a 2.5-4x finer step.
+Where the error comes from (docs/design/ort-int8-plan.md; benchmarks/results/accuracy.md compares the outcome with
+plain dynamic int8): activations are quantized per tensor at run time (uint8, ONNX Runtime's DynamicQuantizeLinear),
+and the [CLS] token carries massive activations in a few channels, several times larger than the other tokens' at
+the feed-forward inputs. One row sets the quantization step for the whole batch, so every other token loses most of
+its resolution. The exporter therefore splits each weight MatMul into the first position (fp32 math on fp16-stored
+weights, B rows) and the other positions (int8). The int8 rows then get a several times finer step.
 
 On top of that plan, MatMuls are ranked by their simulated int8 error (captured activations, numpy) and the
 fewest of the worst are kept fp32 until the whole model meets the target on calibration pairs (real
@@ -48,7 +47,7 @@ class Int8Plan:
     """How the int8 file was made; stored in the manifest."""
 
     scheme: str = "dynamic"
-    weight_type: str = "int8"
+    weight_type: str = np.dtype(np.int8).name  # signed int8 (else uint8)
     per_channel: bool = True
     reduce_range: bool = True  # 7-bit weights: no int16 saturation in U8S8 kernels on CPUs without VNNI
     first_position_fp32: bool = True  # the [CLS] row of every MatMul in fp32 math (fp16-stored weights)
@@ -144,7 +143,7 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
             nodes_to_quantize=sorted(targets),
             per_channel=plan.per_channel,
             reduce_range=plan.reduce_range,
-            weight_type=QuantType.QInt8 if plan.weight_type == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8 if plan.weight_type == np.dtype(np.int8).name else QuantType.QUInt8,
             extra_options={"MatMulConstBOnly": True},
         )
     if plan.first_position_fp32:
@@ -161,7 +160,7 @@ def _session(path: Path, keep_intermediates: bool = False):
     if keep_intermediates:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         # capture sessions are short-lived and their buffer sizes vary by group and batch: without the arena,
-        # freed buffers go back at once (measured on the roberta-base shape: ~0.4 GB less held between runs)
+        # freed buffers go back at once (less memory held between runs on large models)
         options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -9,27 +9,16 @@ from crossonnx.encoder import CrossEncoder
 from crossonnx.engines import validation_provider
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.reference import Reference
-from crossonnx.manifest import UNFUSED_GRAPH, load_manifest
+from crossonnx.manifest import load_manifest
 from crossonnx.parity import Gate, Parity
+from crossonnx.precisions import DEFAULT_PRECISION, GRAPHS
 from crossonnx.tokenization import PairTokenizer
 
 
 def default_gates(activation: str) -> dict[str, Gate]:
-    """fp32 must match to 1e-5; fp16 and int8 get limits on the score's own scale (raw logits are wider)."""
-    bounded = activation != "identity"
-    return {
-        "fp32": Gate(max_abs_diff=1e-5),
-        UNFUSED_GRAPH: Gate(max_abs_diff=1e-5),
-        "fp16": Gate(max_abs_diff=5e-3 if bounded else 5e-2, min_spearman=0.999),
-        "int8": Gate(max_abs_diff=0.1 if bounded else 1.0, min_spearman=0.98),
-        # bf16 has 8 significant bits: 0.003 on the real MiniLM's validation pairs, Spearman 0.99986 there (its
-        # near-tied edge cases swap), 0.99997 on STSb test; 0.9995 leaves room for that, not for a broken graph
-        "bf16": Gate(max_abs_diff=1e-2 if bounded else 1e-1, min_spearman=0.9995),
-        # calibrated static int8: 0.014 / 0.99963 on the real MiniLM's validation pairs
-        "int8-static": Gate(max_abs_diff=0.05 if bounded else 0.5, min_spearman=0.995),
-        # int8 weights, activations per token group at run time: 0.014 / 0.99952 on the real MiniLM's validation pairs
-        "int8-dynamic": Gate(max_abs_diff=0.05 if bounded else 0.5, min_spearman=0.995),
-    }
+    """Each graph's gate, from its row of the precision table (crossonnx/precisions.py), on the score's own scale:
+    scores an activation bounds get tighter absolute limits than raw logits, which spread wider."""
+    return {row.name: Gate(*row.gate.for_activation(activation)) for row in GRAPHS}
 
 
 def parse_gate_overrides(specs: list[str], gates: dict[str, Gate]) -> dict[str, Gate]:
@@ -80,7 +69,7 @@ def check_tokens(folder: Path, reference: Reference) -> None:
 def validate_precision(folder: Path, precision: str, reference: Reference, gate: Gate) -> Parity:
     """Score the reference pairs with the runtime; returns the parity record (raises nothing)."""
     encoder = CrossEncoder(folder, precision=precision, provider=validation_provider(precision))
-    if precision == "fp32":
+    if precision == DEFAULT_PRECISION:  # the exact precision: tokens are checked once, with it
         check_tokens(folder, reference)
     logits = encoder.logits(reference.pairs, batch_size=16)
     return Parity.measure(encoder.scores_from_logits(logits), logits, reference.scores, reference.logits, gate)
