@@ -32,6 +32,12 @@ INSTALL = install_command("openvino")
 # OpenVINO's CPU kernels run faster on larger calls than ONNX Runtime's, up to this many padded tokens per call,
 # which still bounds activation memory (docs/design/token-budget.md).
 TOKEN_BUDGET = 8192
+# The CPU plugin keeps the kernels it prepared for each input shape (rows x padded length) in a cache of up to
+# 5000 entries by default, and a service sees thousands of distinct shapes: its memory then grows for hours. A few
+# hundred entries hold every shape a steady workload repeats, and preparing a shape again costs little against
+# running it (docs/design/bounded-engine-memory.md).
+# None leaves OpenVINO's default (the soak benchmark's unbounded arm).
+RUNTIME_CACHE_CAPACITY: int | None = 128
 
 
 def _instead() -> str:
@@ -122,6 +128,7 @@ class OpenVinoEngine:
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "CACHE_DIR": str(cache_root() / "openvino"),
+            **({"CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY} if RUNTIME_CACHE_CAPACITY is not None else {}),
             # compile options the export validated this precision with (e.g. dynamic quantization settings)
             **entry.details.get("openvino_config", {}),
         }
