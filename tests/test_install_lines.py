@@ -29,6 +29,7 @@ from extras import (
     readme_install_lines,
     run_cli,
 )
+from installed import expected_default_precisions
 from pairs import RANDOM_WEIGHT_GATES
 
 LINES = readme_install_lines()
@@ -77,7 +78,7 @@ def test_the_line_closures_are_what_pyproject_says():
     assert {"numpy", "onnxruntime", "tokenizers", "pyyaml"} <= base
     for heavy in ("torch", "transformers", "openvino", "nncf", "starlette", "uvicorn", "pyarrow", "ray"):
         assert heavy not in base, heavy
-    assert "torch" in closure(frozenset({"export"})) and "openvino" not in closure(frozenset({"export"}))
+    assert {"torch", "openvino", "nncf"} <= closure(frozenset({"export"}))  # every export builds OpenVINO's variants
     assert "starlette" in closure(frozenset({"serve"})) and "pyarrow" in closure(frozenset({"scale"}))
 
 
@@ -177,7 +178,7 @@ def test_each_install_line_runs_its_commands_and_refuses_the_others(line, views,
         gates = [arg for gate in RANDOM_WEIGHT_GATES for arg in ("--gate", gate)]
         assert_ok(run_cli(view, "export", str(tiny_checkpoints["bert"]), "--out", str(out), *gates))
         written = set(json.loads((out / "crossonnx.json").read_text())["precisions"])
-        assert written == {"fp32", "fp16", "int8"} if "openvino" not in extras else {"fp32", "int8"} <= written
+        assert written == expected_default_precisions()  # the [export] line alone builds OpenVINO's too
         assert_ok(run_cli(view, "verify", str(out)))
     else:
         assert_needs(run_cli(view, "export", str(tiny_checkpoints["bert"]), "--out", str(tmp_path / "x")), "export")
