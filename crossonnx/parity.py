@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from crossonnx.metrics import compare
+from crossonnx.metrics import compare, rankdata, spearman
 
 AGAINST = "sentence-transformers CrossEncoder, PyTorch fp32 CPU"
 # Rank agreement means something only when the reference scores are apart: on nearly tied scores (a random or
@@ -22,6 +22,11 @@ AGAINST = "sentence-transformers CrossEncoder, PyTorch fp32 CPU"
 # this floor, that of most random-weight checkpoints below it. Below it Spearman is recorded but not gated; the
 # absolute difference always is (docs/design/validation-gates.md).
 MIN_LOGIT_SPREAD = 0.1
+# Two validation pairs are near-tied when their reference scores differ by at most this fraction of the reference
+# scores' standard deviation (about 0.0015 on a trained sigmoid cross-encoder's 0..1 scores): an order no user can
+# act on, which bf16's 8 significant bits may swap. ``separated_spearman`` forgives such swaps, and nothing else
+# (docs/precisions.md, "How levels are decided").
+NEAR_TIE = 0.005
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class Parity:
     passed: bool = False
     failures: tuple[str, ...] = field(default=())
     against: str = AGAINST
+    # Spearman with near-tied reference pairs counted as ties (``separated_spearman``); recorded, not gated; None in
+    # folders exported before it existed
+    spearman_separated: float | None = None
 
     @classmethod
     def measure(cls, scores: np.ndarray, logits: np.ndarray, reference_scores: np.ndarray,
@@ -76,6 +84,7 @@ class Parity:
         failures = gate.failures(measured)
         return cls(
             **measured,
+            spearman_separated=separated_spearman(scores, reference_scores),
             max_abs_logit_diff=float(np.abs(np.asarray(logits) - reference_logits).max()),
             gate=gate,
             passed=not failures,
@@ -114,7 +123,7 @@ class Parity:
 
 _KEY_ORDER = (
     "n", "finite", "max_abs_diff", "mean_abs_diff", "spearman", "max_abs_logit_diff", "reference_logit_std",
-    "spearman_gated", "gate", "passed", "failures", "against",
+    "spearman_gated", "gate", "passed", "failures", "against", "spearman_separated",
 )
 
 
@@ -123,3 +132,53 @@ def logit_spread(logits: np.ndarray) -> float:
     flat = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
     return float(flat.std(axis=0).min()) if len(flat) else 0.0
 
+
+
+def separated_spearman(scores: np.ndarray, reference: np.ndarray, near_tie: float = NEAR_TIE) -> float:
+    """Spearman of ``scores`` against ``reference``, forgiving only the order of near-tied reference pairs.
+
+    Sort the reference scores and cut them into groups wherever two neighbours differ by more than ``near_tie``
+    times their standard deviation (a group: pairs chained by near-ties, exact ties included). Within each group the
+    candidate's ranks are handed out again in the reference's order, and ties within a group (in either ranking) are
+    no disagreement, so a precision that only reorders near-tied pairs scores 1.0. A group keeps the candidate's own
+    set of ranks, so a member misplaced far from its group counts nearly in full: a swap of well-separated pairs
+    lowers the figure as it lowers plain Spearman. Not below plain Spearman (tests/test_levels.py checks it on random
+    data); equal to it where no pairs are near-tied. Scale-free (the cut follows the spread) and, like
+    ``metrics.compare``, the worst over labels for scores of shape (n, labels). Pure: numpy only.
+    """
+    cand = np.asarray(scores, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if cand.shape != ref.shape:
+        raise ValueError(f"shape mismatch: {cand.shape} vs {ref.shape}")
+    if len(ref) < 2:
+        return float("nan")
+    flat_c, flat_r = cand.reshape(len(cand), -1), ref.reshape(len(ref), -1)
+    return min(_separated(flat_c[:, j], flat_r[:, j], near_tie) for j in range(flat_r.shape[1]))
+
+
+def _separated(cand: np.ndarray, ref: np.ndarray, near_tie: float) -> float:
+    if not (np.isfinite(cand).all() and np.isfinite(ref).all()):
+        return float("nan")
+    spread = float(ref.std())
+    if spread == 0:  # every reference score equal: no order to agree with
+        return spearman(cand, ref)
+    order = np.lexsort((cand, ref))  # by reference; exact reference ties in the candidate's order
+    starts = np.flatnonzero(np.r_[True, np.diff(ref[order]) > near_tie * spread])
+    ends = np.r_[starts[1:], len(ref)]
+    rank_c = rankdata(cand)
+    rank_r = np.empty(len(ref), dtype=np.float64)
+    rank_r[order] = np.arange(1, len(ref) + 1)
+    for start, end in zip(starts, ends, strict=True):
+        if end - start > 1:
+            members = order[start:end]  # in the reference's order
+            rank_c[members] = given = np.sort(rank_c[members])
+            # pairs the candidate ties share their reference ranks too: within a group, ties are no disagreement
+            first = np.flatnonzero(np.r_[True, given[1:] != given[:-1]])
+            rank_r[members] = np.repeat(np.add.reduceat(rank_r[members], first) / np.diff(np.r_[first, len(given)]),
+                                        np.diff(np.r_[first, len(given)]))
+    rank_r -= rank_r.mean()
+    rank_c -= rank_c.mean()
+    denom = float(np.sqrt((rank_r * rank_r).sum() * (rank_c * rank_c).sum()))
+    if denom == 0:
+        return float("nan")  # the candidate is constant where the reference is not
+    return float((rank_r * rank_c).sum() / denom)

@@ -1,0 +1,269 @@
+"""Quality levels a user can name instead of a precision: ``exact``, ``faithful`` and ``fast``.
+
+A level is a promise about agreement with sentence-transformers on PyTorch fp32, not a number format. It resolves to
+a concrete (provider, precision) from three things: what the model folder holds (its manifest), the agreement the
+export measured and recorded for each precision (a precision qualifies for a level only if its record meets the
+level's thresholds), and what this machine can run (``Machine``: OpenVINO installed, bf16 arithmetic, GPU
+providers). A level the folder cannot meet here falls back to the next more accurate one (fast -> faithful ->
+exact), and the choice's ``reason`` says so; never to a less accurate one. docs/precisions.md ("How levels are
+decided") explains the measure.
+
+Without measured speeds the choice follows a static preference per level; ``speeds`` (variant key
+``"provider/precision"`` -> pairs/s, as a later ``tune`` step measures them) picks the fastest qualifying variant
+instead. Nothing heavy at import: onnxruntime and openvino are imported only by ``Machine.probe()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError
+from crossonnx.manifest import UNFUSED_GRAPH, Manifest
+from crossonnx.parity import Parity
+from crossonnx.precisions import CPU, CUDA, OPENVINO, OPENVINO_BF16, PRECISIONS, TENSORRT
+
+# From most to least accurate; a level falls back only towards the start of this tuple
+LEVELS = ("exact", "faithful", "fast")
+GPU_PROVIDERS = (TENSORRT, CUDA)
+
+
+@dataclass(frozen=True)
+class Level:
+    """A level's thresholds against PyTorch fp32 on the export's validation pairs (None: not required) and the
+    variants that are meant to meet it, in static preference order."""
+
+    name: str
+    description: str
+    max_abs: float | None  # on scores an activation bounds (sigmoid, softmax: 0..1)
+    max_abs_logits: float | None  # on raw logits (identity activation), which spread wider
+    min_spearman: float | None  # compared with the recorded separated Spearman (plain Spearman in older folders)
+    variants: tuple[tuple[str, str], ...]  # (provider, precision), most preferred first
+
+    def max_abs_for(self, activation: str) -> float | None:
+        return self.max_abs if activation != "identity" else self.max_abs_logits
+
+
+# The thresholds, written once. fp32 on ONNX Runtime's CPU provider and on OpenVINO with its f32 hint are the exact
+# engines (docs/openvino.md); fp32 on a GPU provider is left out (TF32 and other reductions), ``tune`` may add it.
+LEVEL_TABLE: Mapping[str, Level] = {
+    "exact": Level(
+        "exact", "scores within 1e-5 of PyTorch fp32", max_abs=1e-5, max_abs_logits=1e-5, min_spearman=None,
+        variants=((CPU, "fp32"), (OPENVINO, "fp32")),
+    ),
+    "faithful": Level(
+        "faithful", "Spearman >= 0.9999 and max abs <= 0.01 against PyTorch fp32",
+        max_abs=1e-2, max_abs_logits=1e-1, min_spearman=0.9999,
+        variants=((TENSORRT, "fp16"), (CUDA, "fp16"), (OPENVINO, "bf16")),
+    ),
+    "fast": Level(
+        "fast", "Spearman >= 0.999 against PyTorch fp32", max_abs=None, max_abs_logits=None, min_spearman=0.999,
+        variants=((OPENVINO, "int8-static"), (OPENVINO, "int8-dynamic"), (CPU, "int8")),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine can run: OpenVINO installed, bf16 arithmetic on the CPU, and the ONNX Runtime providers
+    that work here (``tensorrt`` only where its libraries load). Tests build it by hand to cover other machines."""
+
+    openvino: bool
+    bf16: bool
+    providers: tuple[str, ...] = (CPU,)
+
+    @classmethod
+    def probe(cls) -> Machine:
+        """This machine, from the real probes (imports onnxruntime, and openvino when installed)."""
+        from crossonnx.engines import available_providers, openvino_installed
+        from crossonnx.engines import onnxruntime as ort_engine
+
+        openvino = openvino_installed()
+        if openvino:
+            from crossonnx.engines.openvino import has_bf16
+
+            bf16 = has_bf16()
+        else:
+            bf16 = _cpuinfo_bf16()
+        providers = [p for p in available_providers(openvino=False) if p != TENSORRT or ort_engine.tensorrt_loadable()]
+        return cls(openvino=openvino, bf16=bf16, providers=tuple(providers))
+
+    def runs(self, provider: str, precision: str) -> str | None:
+        """None when this machine runs ``precision`` on ``provider``; else why not, in a few words."""
+        if provider == OPENVINO:
+            if not self.openvino:
+                return "OpenVINO is not installed"
+            if PRECISIONS[precision].openvino_hint == OPENVINO_BF16 and not self.bf16:
+                return "this CPU has no bf16 arithmetic"
+            return None
+        if provider not in self.providers:
+            return f"no {provider} provider here"
+        return None
+
+
+def _cpuinfo_bf16() -> bool:
+    """bf16 arithmetic from /proc/cpuinfo (Linux), for a machine without OpenVINO to ask."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """What a level resolved to: the concrete provider and precision, and a sentence saying what and why."""
+
+    level: str  # the level asked for
+    met: str  # the level the choice meets: ``level``, or a more accurate one it fell back to
+    provider: str
+    precision: str
+    reason: str
+
+    @property
+    def fell_back(self) -> bool:
+        return self.met != self.level
+
+    def to_dict(self) -> dict[str, str]:
+        return {"level": self.level, "met": self.met, "provider": self.provider, "precision": self.precision,
+                "reason": self.reason}
+
+
+def variant_key(provider: str, precision: str) -> str:
+    """The name of a variant in a ``speeds`` mapping: ``"provider/precision"``, e.g. ``"openvino/bf16"``."""
+    return f"{provider}/{precision}"
+
+
+def agreement(parity: Parity) -> float | None:
+    """The rank agreement a level is judged on: the separated Spearman where the export recorded it, else the plain
+    Spearman (folders exported before it); None where the record cannot vouch for the rank (reference scores nearly
+    tied, so the export did not gate Spearman)."""
+    if not parity.spearman_gated:
+        return None
+    value = parity.spearman_separated if parity.spearman_separated is not None else parity.spearman
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def shortfall(manifest: Manifest, precision: str, level: str) -> str | None:
+    """None when the recorded parity of ``precision`` meets ``level``'s thresholds; else what it misses."""
+    entry = manifest.precisions.get(precision)
+    if entry is None:
+        return "not in the folder"
+    parity = entry.parity
+    if parity is None:
+        return "no recorded parity"
+    if not parity.passed or not parity.finite:
+        return "failed its export gate"
+    spec = LEVEL_TABLE[level]
+    max_abs = spec.max_abs_for(manifest.activation)
+    if max_abs is not None and not parity.max_abs_diff <= max_abs:
+        return f"max abs diff {parity.max_abs_diff:.3g} > {max_abs:g}"
+    if spec.min_spearman is not None:
+        rho = agreement(parity)
+        if rho is None:
+            return "rank agreement not measurable: reference scores nearly tied"
+        if rho < spec.min_spearman:
+            return f"Spearman {rho:.5f} < {spec.min_spearman:g}"
+    return None
+
+
+def _why_not(manifest: Manifest, provider: str, precision: str, level: str, machine: Machine) -> str | None:
+    """None when the variant qualifies for ``level`` and runs here; else why not."""
+    if precision not in manifest.precisions:
+        return "not in the folder"
+    cannot = machine.runs(provider, precision)
+    if cannot is not None:
+        return cannot
+    if provider == TENSORRT and UNFUSED_GRAPH not in manifest.precisions:
+        return f"no {UNFUSED_GRAPH} graph (export --tensorrt)"
+    return shortfall(manifest, precision, level)
+
+
+def resolve_level(
+    manifest: Manifest,
+    level: str,
+    provider: str = "auto",
+    machine: Machine | None = None,
+    speeds: Mapping[str, float] | None = None,
+) -> LevelChoice:
+    """A level -> the (provider, precision) that meets it, or a more accurate level, here; or a clear error.
+
+    ``provider``: ``"auto"``, or a provider name that the choice must use. ``machine`` defaults to
+    ``Machine.probe()``. ``speeds`` (``variant_key`` -> pairs/s) chooses the fastest measured variant that meets the
+    level, from its own variants and those of the more accurate levels; without it (or where it measured none of
+    them) each level's static preference order decides.
+    """
+    if level not in LEVEL_TABLE:
+        raise ValueError(f"unknown level {level!r}; use one of: {', '.join(LEVELS)}")
+    wanted = _provider_name(provider)
+    machine = Machine.probe() if machine is None else machine
+    if wanted is not None and not (machine.openvino if wanted == OPENVINO else wanted in machine.providers):
+        raise ProviderUnavailableError(f"provider {wanted!r} is not available here (level {level!r} was asked for)")
+    speeds = speeds or {}
+    asked = LEVELS.index(level)
+    notes: list[str] = []
+    for index in range(asked, -1, -1):  # the level asked for, then each more accurate one
+        current = LEVELS[index]
+        pool = [v for lvl in LEVELS[: index + 1][::-1] for v in LEVEL_TABLE[lvl].variants]
+        if wanted is not None:
+            pool = [v for v in pool if v[0] == wanted]
+        own = [v for v in pool if v in LEVEL_TABLE[current].variants]
+        rejected = {v: _why_not(manifest, *v, current, machine) for v in pool}
+        qualified = [v for v in pool if rejected[v] is None]
+        measured = [v for v in qualified if variant_key(*v) in speeds]
+        if measured:
+            best = max(measured, key=lambda v: speeds[variant_key(*v)])
+            how = f"the fastest measured variant that meets it ({speeds[variant_key(*best)]:.4g} pairs/s)"
+            if best not in own:
+                owner = next(lvl for lvl in LEVELS if best in LEVEL_TABLE[lvl].variants)
+                how += f", an {owner} variant" if owner[0] in "aeiou" else f", a {owner} variant"
+        else:
+            best = next((v for v in own if rejected[v] is None), None)
+            how = f"the first qualifying variant in {current}'s order of preference"
+        if best is None:
+            tried = "; ".join(f"{p} on {_engine(pr)}: {rejected[(pr, p)]}" for pr, p in own) or "no variant"
+            if wanted is not None and not own:
+                tried = f"no {current} variant runs on {wanted}"
+            notes.append(f"{current} cannot be met here ({tried})")
+            continue
+        provider_, precision = best
+        reason = f"{level}: {precision} on {_engine(provider_)}, {how}"
+        if current != level:
+            reason += f"; fell back to {current} because " + "; ".join(notes)
+        reason += f" ({_recorded(manifest, precision)})"
+        return LevelChoice(level, current, provider_, precision, reason)
+    exported = ", ".join(sorted(manifest.precisions)) or "none"
+    raise PrecisionNotExportedError(
+        f"no exported precision meets level {level!r} or a more accurate one here: " + "; ".join(notes)
+        + f" (exported: {exported}). Export fp32 with: crossonnx export <model> --precision fp32"
+    )
+
+
+def _provider_name(provider: str) -> str | None:
+    if not isinstance(provider, str):
+        raise TypeError(f"provider must be a string, got {type(provider).__name__}")
+    name = provider.strip().lower()
+    if name == "auto":
+        return None
+    short = {"cpuexecutionprovider": CPU, "cudaexecutionprovider": CUDA,
+             "tensorrtexecutionprovider": TENSORRT}.get(name, name)
+    if short not in (CPU, CUDA, TENSORRT, OPENVINO):
+        raise ProviderUnavailableError(
+            f"unknown provider {provider!r}; use 'auto' or one of: {', '.join((CPU, CUDA, TENSORRT, OPENVINO))}"
+        )
+    return short
+
+
+def _engine(provider: str) -> str:
+    return {CPU: "ONNX Runtime CPU", CUDA: "ONNX Runtime CUDA", TENSORRT: "TensorRT", OPENVINO: "OpenVINO"}[provider]
+
+
+def _recorded(manifest: Manifest, precision: str) -> str:
+    parity = manifest.precisions[precision].parity
+    assert parity is not None  # a qualified precision has a record
+    rho = agreement(parity)
+    which = "separated Spearman" if parity.spearman_separated is not None else "Spearman"
+    rank = f", {which} {rho:.5f}" if rho is not None else ""
+    return f"recorded at export: max abs diff {parity.max_abs_diff:.2g}{rank}"
