@@ -99,11 +99,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = long_document_options(args)
     encoder = _encoder(args)
     if options.mode == "truncate":
-        scores = encoder.predict(pairs, batch_size=args.batch_size, **options.kwargs())
+        scores = encoder.predict(pairs, batch_size=args.batch_size, long_documents=options)
         for pair, score in zip(pairs, scores.tolist(), strict=True):
             print(json.dumps({"pair": list(pair), "score": score}, ensure_ascii=False))
         return 0
-    details = encoder.predict_details(pairs, batch_size=args.batch_size, **options.kwargs())
+    details = encoder.predict_details(pairs, batch_size=args.batch_size, long_documents=options)
     for index, (pair, score) in enumerate(zip(pairs, details.scores.tolist(), strict=True)):
         print(json.dumps({"pair": list(pair), "score": score, **details.row(index)}, ensure_ascii=False))
     return 0
@@ -113,7 +113,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     options = long_document_options(args)
     encoder = _encoder(args)
     results = encoder.rank(args.query, args.documents, top_k=args.top_k, return_documents=True,
-                           return_spans=args.spans, **options.kwargs())
+                           return_spans=args.spans, long_documents=options)
     for item in results:
         span = f"{item['span'][0]}:{item['span'][1]}\t" if args.spans else ""
         print(f"{item['score']:.6f}\t{item['corpus_id']}\t{span}{item['text']}")

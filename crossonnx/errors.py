@@ -17,6 +17,39 @@ class InvalidInputError(CrossOnnxError, TypeError):
     """The pairs passed to ``predict``/``rank`` are not what a cross-encoder takes."""
 
 
+_NO_VALUE = object()
+
+
+class InvalidOptionError(CrossOnnxError, ValueError):
+    """An option has a value it cannot take (e.g. a ``LongDocuments`` field); ``field`` names the option.
+
+    ``rule`` is what the value must be and ``value`` what it was, so that a caller can say the same in its own
+    terms (the server names the JSON field, the command line its flag).
+    """
+
+    def __init__(self, field: str, rule: str, value: object = _NO_VALUE, message: str | None = None):
+        self.field = field
+        self.rule = rule
+        self.value = None if value is _NO_VALUE else value
+        self.has_value = value is not _NO_VALUE
+        if message is None:
+            message = f"{field} {rule}" + (f", got {value!r}" if value is not _NO_VALUE else "")
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:  # picklable (Ray sends errors between processes)
+        if self.has_value:
+            return (type(self), (self.field, self.rule, self.value, str(self)))
+        return (_option_error_without_value, (type(self), self.field, self.rule, str(self)))
+
+
+def _option_error_without_value(cls: type, field: str, rule: str, message: str) -> InvalidOptionError:
+    return cls(field, rule, message=message)
+
+
+class MovedArgumentError(CrossOnnxError, TypeError):
+    """A keyword argument that moved: the message names the call to write instead."""
+
+
 class ModelFolderError(CrossOnnxError, FileNotFoundError):
     """A model folder is missing, incomplete or corrupt."""
 
@@ -38,6 +71,10 @@ class ProviderUnavailableError(CrossOnnxError, RuntimeError):
 
 class MissingExtraError(CrossOnnxError, ImportError):
     """An optional dependency is not installed; the message names the exact ``pip install`` command."""
+
+
+class ScaleError(CrossOnnxError, ValueError):
+    """A file or dataset cannot be scored as asked (missing column, non-text cell, output exists, ...)."""
 
 
 class ExportError(CrossOnnxError, RuntimeError):

@@ -29,10 +29,13 @@ tokens, scores every window beside the first text (the query) and aggregates per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from crossonnx.errors import InvalidOptionError, MovedArgumentError
+from crossonnx.tokenization import TRUNCATION_DIRECTIONS
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -43,18 +46,30 @@ Pair = tuple[str, str]
 Span = tuple[int, int]
 MODES = ("truncate", "chunk")
 AGGREGATES = ("max", "first", "mean")
-TRUNCATION_DIRECTIONS = ("left", "right")
 DEFAULT_MAX_CHUNKS = 10  # as Cohere's max_chunks_per_doc
 OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
+CHUNK_ONLY = ("chunk_tokens", "chunk_overlap")  # fields that only chunk mode takes
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_int(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass(frozen=True)
 class LongDocuments:
-    """How ``predict`` / ``rank`` treat a second text longer than the model's window (validated here)."""
+    """How ``predict`` / ``rank`` (and the server, ``score-file``, Ray Data) treat a second text longer than the
+    model's window. Every rule on these fields is checked here, once: a bad value raises ``InvalidOptionError``
+    whose ``field`` names the field.
+
+    Args:
+        mode: ``"truncate"`` (default: what fits in the max length, as sentence-transformers) or ``"chunk"``: the
+            second text is scored in token windows whose scores are aggregated per pair.
+        chunk_tokens: chunk mode: document tokens per window (default: what fits beside the first text).
+        chunk_overlap: chunk mode: tokens consecutive windows share (default: a quarter of the window).
+        aggregate: chunk mode: a pair's score from its window scores: ``max``, ``first`` or ``mean``.
+        max_chunks: chunk mode: most windows per pair, the first ones (default 10).
+        truncation_direction: ``"left"`` or ``"right"``: which end truncation cuts (default: the model's side).
+    """
 
     mode: str = "truncate"
     chunk_tokens: int | None = None
@@ -65,33 +80,75 @@ class LongDocuments:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"long_documents must be 'truncate' or 'chunk', got {self.mode!r}")
+            raise InvalidOptionError("mode", 'must be "truncate" or "chunk"', self.mode)
         if self.aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}")
-        if not _is_int(self.max_chunks) or self.max_chunks < 1:
-            raise ValueError(f"max_chunks must be a positive int, got {self.max_chunks!r}")
-        if self.chunk_tokens is not None and (not _is_int(self.chunk_tokens) or self.chunk_tokens < 1):
-            raise ValueError(f"chunk_tokens must be a positive int or None, got {self.chunk_tokens!r}")
-        if self.chunk_overlap is not None and (not _is_int(self.chunk_overlap) or self.chunk_overlap < 0):
-            raise ValueError(f"chunk_overlap must be a non-negative int or None, got {self.chunk_overlap!r}")
+            raise InvalidOptionError("aggregate", f"must be one of {', '.join(AGGREGATES)}", self.aggregate)
+        for name, minimum in zip(CHUNK_ONLY, (1, 0), strict=True):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not _is_int(value, minimum):
+                kind = "a positive integer" if minimum else "0 or a positive integer"
+                raise InvalidOptionError(name, f"must be {kind}", value)
+            if self.mode != "chunk":
+                raise InvalidOptionError(
+                    name, 'applies to mode "chunk"', message=f'{name} applies to mode "chunk"; these options truncate'
+                )
+        if not _is_int(self.max_chunks, 1):
+            raise InvalidOptionError("max_chunks", "must be a positive integer", self.max_chunks)
         if self.chunk_tokens is not None and self.chunk_overlap is not None and self.chunk_overlap >= self.chunk_tokens:
-            raise ValueError(
-                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            raise InvalidOptionError(
+                "chunk_overlap", f"({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
             )
         if self.truncation_direction is not None and self.truncation_direction not in TRUNCATION_DIRECTIONS:
-            raise ValueError(f"truncation_direction must be 'left', 'right' or None, got {self.truncation_direction!r}")
-        if self.mode == "truncate":
-            for name in ("chunk_tokens", "chunk_overlap"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to long_documents='chunk'; this call truncates")
+            raise InvalidOptionError("truncation_direction", 'must be "left" or "right"', self.truncation_direction)
 
-    def kwargs(self) -> dict[str, Any]:
-        """The ``predict`` / ``rank`` keyword arguments these options stand for."""
-        return {
-            "long_documents": self.mode, "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap,
-            "aggregate": self.aggregate, "max_chunks": self.max_chunks,
-            "truncation_direction": self.truncation_direction,
-        }
+    @classmethod
+    def of(cls, value: str | LongDocuments | None) -> LongDocuments:
+        """What a ``long_documents=`` argument stands for: a mode name (``"truncate"``, ``"chunk"``: that mode
+        with default options), a ``LongDocuments``, or None (the default, truncate)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        rule = 'must be "truncate", "chunk" or a LongDocuments (from crossonnx import LongDocuments)'
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except InvalidOptionError:
+                raise InvalidOptionError("long_documents", rule, value) from None
+        raise InvalidOptionError("long_documents", rule, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict."""
+        return asdict(self)
+
+
+# the keyword arguments predict / predict_details / rank took before LongDocuments (crossonnx 0.x)
+MOVED_ARGUMENTS = ("chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "truncation_direction")
+
+
+def moved_arguments_error(method: str, kwargs: dict[str, Any]) -> MovedArgumentError | None:
+    """The error for a call that passes one of ``MOVED_ARGUMENTS`` (None when it passes none): it names the
+    ``LongDocuments`` to pass instead, with the values given."""
+    moved = [name for name in MOVED_ARGUMENTS if name in kwargs]
+    if not moved:
+        return None
+    fields: dict[str, Any] = {}
+    mode = kwargs.get("long_documents")
+    if isinstance(mode, LongDocuments):
+        mode = mode.mode
+    if isinstance(mode, str):
+        fields["mode"] = mode
+    elif mode is None and any(name != "truncation_direction" for name in moved):
+        fields["mode"] = "chunk"
+    fields.update((name, kwargs[name]) for name in moved)
+    call = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+    names = ", ".join(f"{name}=" for name in moved)
+    return MovedArgumentError(
+        f"{method}() no longer takes {names}: the long-document options are one argument now. Pass "
+        f"long_documents=LongDocuments({call}) (from crossonnx import LongDocuments)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- windowing
@@ -197,9 +254,8 @@ class WindowPlan:
         return self.needed > self.chunks
 
     def details(self, window_scores: np.ndarray, aggregate: str = "max") -> PairDetails:
-        """Per-pair results from the scores of ``pairs`` (one label: shape (windows,))."""
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        """Per-pair results from the scores of ``pairs`` (one label: shape (windows,)); ``aggregate``: a
+        ``LongDocuments.aggregate`` (validated there)."""
         scores = np.asarray(window_scores, dtype=np.float32).reshape(-1)
         if len(scores) != len(self.pairs):
             raise ValueError(f"got {len(scores)} window scores for {len(self.pairs)} windows")
@@ -211,7 +267,7 @@ class WindowPlan:
             doc_scores = np.maximum.reduceat(scores, firsts)
         elif aggregate == "first":
             doc_scores = scores[firsts]
-        else:
+        else:  # mean
             doc_scores = (np.add.reduceat(scores.astype(np.float64), firsts) / self.chunks).astype(np.float32)
         per_doc = [scores[first : first + count] for first, count in zip(firsts, self.chunks, strict=True)]
         best = [int(first + np.argmax(window)) for first, window in zip(firsts, per_doc, strict=True)]

@@ -6,9 +6,11 @@ import argparse
 from typing import Any
 
 from crossonnx.engines import PROVIDERS
-from crossonnx.errors import CrossOnnxError
-from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, TRUNCATION_DIRECTIONS, LongDocuments
+from crossonnx.errors import InvalidOptionError
+from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, LongDocuments
 from crossonnx.manifest import PRECISIONS
+from crossonnx.precisions import DEFAULT_PRECISION
+from crossonnx.tokenization import TRUNCATION_DIRECTIONS
 
 
 def positive_int(text: str) -> int:
@@ -22,8 +24,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
     """``model_dir`` (optional), ``--precision``, ``--provider`` and ``--threads`` with the runtime's defaults."""
     if model_dir:
         parser.add_argument("model_dir", help="an exported model folder")
-    parser.add_argument("--precision", default="fp32",
-                        help=f"which exported precision to run: {', '.join(PRECISIONS)} (default fp32)")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION,
+                        help=f"which exported precision to run: {', '.join(PRECISIONS)} (default {DEFAULT_PRECISION})")
     parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
                         help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
                              "ONNX Runtime CPU, OpenVINO for bf16 and its int8s (default auto)")
@@ -61,9 +63,13 @@ def add_long_document_args(parser: argparse.ArgumentParser) -> None:
 
 
 def long_document_options(args: argparse.Namespace) -> LongDocuments:
-    """The options ``add_long_document_args`` declared (validated: a chunk option without chunk mode is an error)."""
+    """The one ``LongDocuments`` the flags of ``add_long_document_args`` stand for; a rule it breaks (a chunk option
+    without ``--long-documents chunk``) is an ``InvalidOptionError`` naming the flag."""
     try:
         return LongDocuments(args.long_documents, args.chunk_tokens, args.chunk_overlap, args.aggregate,
                              args.max_chunks, args.truncation_direction)
-    except ValueError as exc:
-        raise CrossOnnxError(str(exc)) from None
+    except InvalidOptionError as exc:
+        flag = "--" + ("long-documents" if exc.field == "mode" else exc.field.replace("_", "-"))
+        rule = exc.rule.replace('mode "chunk"', "--long-documents chunk")
+        got = f", got {exc.value}" if exc.has_value else ""
+        raise InvalidOptionError(exc.field, exc.rule, message=f"{flag} {rule}{got}") from None

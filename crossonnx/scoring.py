@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
+Activation = str | ScoreFn | None  # what ``activation_fn=`` takes: a name, a callable, a torch.nn module, None
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

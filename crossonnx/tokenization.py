@@ -15,8 +15,9 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from crossonnx.architectures import TOKEN_INPUTS
-from crossonnx.long_documents import TRUNCATION_DIRECTIONS
 from crossonnx.manifest import TokenizerSpec
+
+TRUNCATION_DIRECTIONS = ("left", "right")  # which end of an over-long pair truncation cuts
 
 
 @dataclass

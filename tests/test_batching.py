@@ -41,16 +41,16 @@ def test_bad_budgets():
 
 
 def test_progress_and_stats_cover_every_pair(tiny_exports, capsys):
-    from crossonnx import CrossEncoder
+    from crossonnx import CrossEncoder, _pipeline
     from pairs import parity_pairs
 
     encoder = CrossEncoder(tiny_exports["bert"], token_budget=256)
     pairs = parity_pairs(40)
     encoder.predict(pairs, batch_size=8, show_progress_bar=True)
     assert capsys.readouterr().err.rstrip().endswith(f"scoring pairs: {len(pairs)}/{len(pairs)}")
-    logits, stats = encoder.logits_and_stats(pairs, batch_size=8)
+    logits, stats = _pipeline.logits_and_stats(encoder, pairs, batch_size=8)
     np.testing.assert_array_equal(logits, encoder.logits(pairs, batch_size=8))
-    lengths = encoder.token_counts(pairs)
+    lengths = _pipeline.token_counts(encoder, pairs)
     assert stats.tokens == sum(min(n, encoder.max_length) for n in lengths)
     assert stats.tokens <= stats.padded_tokens <= stats.model_calls * 256 + max(lengths)
     assert stats.model_calls >= len(pairs) // 8

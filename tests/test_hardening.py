@@ -4,6 +4,7 @@ that names the problem, never a 5xx or a reset connection. Real server on 127.0.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -48,8 +49,11 @@ def assert_error(response: httpx.Response, status: int, error_type: str, field: 
 
 # -- invalid Unicode in the runtime ----------------------------------------------------------------------------
 def test_lone_surrogate_is_named_by_predict_logits_and_token_counts(tiny_encoder: CrossEncoder):
+    from crossonnx import _pipeline
+
     pairs = [("a query", "a passage"), ("a query", f"broken {SURROGATE} text")]
-    for call in (tiny_encoder.predict, tiny_encoder.logits, tiny_encoder.token_counts):
+    token_counts = functools.partial(_pipeline.token_counts, tiny_encoder)
+    for call in (tiny_encoder.predict, tiny_encoder.logits, token_counts, tiny_encoder.predict_details):
         with pytest.raises(InvalidInputError, match=r"pairs\[1\]\[1\] is not valid Unicode.*surrogate"):
             call(pairs)
     with pytest.raises(InvalidInputError, match=r"the pair\[0\] is not valid Unicode"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossonnx import CrossEncoder
-from crossonnx.long_documents import LongDocuments, token_windows, trim_span, window_tokens
+from crossonnx import CrossEncoder, InvalidOptionError, LongDocuments, _pipeline
+from crossonnx.long_documents import WindowPlan, token_windows, trim_span, window_tokens
 from crossonnx.manifest import TokenizerSpec, load_manifest
 from crossonnx.stsb import load_stsb
 from crossonnx.tokenization import PairTokenizer
@@ -34,6 +34,13 @@ HAND_WINDOWS = [
 @pytest.fixture(scope="module")
 def model(reference_export: Path) -> CrossEncoder:
     return CrossEncoder(reference_export, threads=2)
+
+
+def windows_of(model: CrossEncoder, pairs: list[tuple[str, str]], **options: object) -> WindowPlan:
+    """The windows ``long_documents=LongDocuments("chunk", **options)`` scores for ``pairs``."""
+    windows = _pipeline.plan(model, pairs, LongDocuments("chunk", **options)).windows  # type: ignore[arg-type]
+    assert windows is not None
+    return windows
 
 
 def _sentences() -> list[str]:
@@ -81,22 +88,24 @@ def test_window_size_rule():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "field", "message"),
     [
-        ({"mode": "split"}, "long_documents must be 'truncate' or 'chunk'"),
-        ({"mode": "chunk", "aggregate": "median"}, "aggregate must be one of max, first, mean"),
-        ({"mode": "chunk", "max_chunks": 0}, "max_chunks must be a positive int"),
-        ({"mode": "chunk", "chunk_tokens": 0}, "chunk_tokens must be a positive int"),
-        ({"mode": "chunk", "chunk_tokens": True}, "chunk_tokens must be a positive int"),
-        ({"mode": "chunk", "chunk_overlap": -1}, "chunk_overlap must be a non-negative int"),
-        ({"mode": "chunk", "chunk_tokens": 8, "chunk_overlap": 8}, "chunk_overlap (8) must be smaller"),
-        ({"truncation_direction": "up"}, "truncation_direction must be 'left', 'right'"),
-        ({"chunk_tokens": 64}, "chunk_tokens applies to long_documents='chunk'"),
+        ({"mode": "split"}, "mode", "mode must be \"truncate\" or \"chunk\", got 'split'"),
+        ({"mode": "chunk", "aggregate": "median"}, "aggregate", "aggregate must be one of max, first, mean"),
+        ({"mode": "chunk", "max_chunks": 0}, "max_chunks", "max_chunks must be a positive integer, got 0"),
+        ({"mode": "chunk", "chunk_tokens": 0}, "chunk_tokens", "chunk_tokens must be a positive integer"),
+        ({"mode": "chunk", "chunk_tokens": True}, "chunk_tokens", "chunk_tokens must be a positive integer"),
+        ({"mode": "chunk", "chunk_overlap": -1}, "chunk_overlap", "chunk_overlap must be 0 or a positive integer"),
+        ({"mode": "chunk", "chunk_tokens": 8, "chunk_overlap": 8}, "chunk_overlap",
+         "chunk_overlap (8) must be smaller than chunk_tokens (8)"),
+        ({"truncation_direction": "up"}, "truncation_direction", "truncation_direction must be \"left\" or \"right\""),
+        ({"chunk_tokens": 64}, "chunk_tokens", "chunk_tokens applies to mode \"chunk\"; these options truncate"),
     ],
 )
-def test_options_are_validated(kwargs, message):
-    with pytest.raises(ValueError) as info:
+def test_options_are_validated(kwargs, field, message):
+    with pytest.raises(InvalidOptionError) as info:
         LongDocuments(**kwargs)
+    assert isinstance(info.value, ValueError) and info.value.field == field
     assert message in str(info.value)
 
 
@@ -186,7 +195,7 @@ def test_window_texts_tokenize_to_the_documents_tokens(family_tokenizers, family
 
 # -- the real reference model --------------------------------------------------------------------------------
 def test_aggregates_and_spans_by_hand(model):
-    plan = model.plan_windows([(HAND_QUERY, HAND_DOC)], chunk_tokens=8, chunk_overlap=2)
+    plan = windows_of(model, [(HAND_QUERY, HAND_DOC)], chunk_tokens=8, chunk_overlap=2)
     assert [HAND_DOC[s:e] for s, e in plan.spans] == [text for text, _ in HAND_WINDOWS]
     # the texts scored start right after the previous token (the space kept: a BPE word would tokenize as inside)
     assert [text for _, text in plan.pairs] == [
@@ -203,17 +212,17 @@ def test_aggregates_and_spans_by_hand(model):
         "mean": np.float32(window_scores.astype(np.float64).mean()),
     }
     for aggregate, value in expected.items():
-        details = model.predict_details([(HAND_QUERY, HAND_DOC)], long_documents="chunk", chunk_tokens=8,
-                                        chunk_overlap=2, aggregate=aggregate)
+        options = LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2, aggregate=aggregate)
+        details = model.predict_details([(HAND_QUERY, HAND_DOC)], long_documents=options)
         assert details.scores[0] == value, aggregate
         assert details.spans == [HAND_WINDOWS[1][1]]  # the best window, whatever the aggregate
         assert details.chunks.tolist() == [4] and not details.capped.any()
         np.testing.assert_array_equal(details.window_scores[0], window_scores)
-        score = model.predict((HAND_QUERY, HAND_DOC), long_documents="chunk", chunk_tokens=8, chunk_overlap=2,
-                              aggregate=aggregate)
+        score = model.predict((HAND_QUERY, HAND_DOC), long_documents=options)
         assert score == value
-    ranked = model.rank(HAND_QUERY, [HAND_DOC, "A man is playing a guitar."], long_documents="chunk",
-                        chunk_tokens=8, chunk_overlap=2, return_spans=True, return_documents=True)
+    ranked = model.rank(HAND_QUERY, [HAND_DOC, "A man is playing a guitar."],
+                        long_documents=LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2), return_spans=True,
+                        return_documents=True)
     assert ranked[0]["corpus_id"] == 0 and ranked[0]["score"] == expected["max"]
     assert HAND_DOC[slice(*ranked[0]["span"])] == ". A woman is slicing an onion."
     assert ranked[1]["span"] == (0, 26) and ranked[1]["chunks"] == 1 and ranked[1]["capped"] is False
@@ -222,12 +231,14 @@ def test_aggregates_and_spans_by_hand(model):
 def test_a_document_that_fits_scores_as_in_truncate_mode(model):
     pairs = [(r.sentence1, r.sentence2) for r in load_stsb("test")[:64]]
     truncate = model.predict(pairs)
+    np.testing.assert_array_equal(model.predict(pairs, long_documents="chunk"), truncate)
     for aggregate in ("max", "first", "mean"):
-        np.testing.assert_array_equal(model.predict(pairs, long_documents="chunk", aggregate=aggregate), truncate)
+        options = LongDocuments("chunk", aggregate=aggregate)
+        np.testing.assert_array_equal(model.predict(pairs, long_documents=options), truncate)
     # beside documents that need windows the fitting pairs are scored as the same ids (other batches: fp32 rounding)
     rng = random.Random(5)
     long_doc = _filler(rng, _sentences(), 900, set())
-    plan = model.plan_windows([*pairs, (pairs[0][0], long_doc)])
+    plan = windows_of(model, [*pairs, (pairs[0][0], long_doc)])
     assert plan.pairs[:64] == pairs and plan.chunks[-1] > 1
     mixed = model.predict([*pairs, (pairs[0][0], long_doc)], long_documents="chunk")
     np.testing.assert_allclose(mixed[:64], truncate, rtol=0, atol=1e-6)
@@ -237,16 +248,17 @@ def test_the_cap_is_reported(model, caplog):
     rng = random.Random(7)
     long_doc = _filler(rng, _sentences(), 1200, set())
     pairs = [("A man is playing a guitar.", long_doc), ("A man is playing a guitar.", "A man plays the guitar.")]
-    uncapped = model.plan_windows(pairs, chunk_tokens=64, max_chunks=1000)
+    uncapped = windows_of(model, pairs, chunk_tokens=64, max_chunks=1000)
     assert uncapped.chunks[0] > 3 and not uncapped.capped.any()
     with caplog.at_level(logging.WARNING, logger="crossonnx"):
-        details = model.predict_details(pairs, long_documents="chunk", chunk_tokens=64, max_chunks=3)
+        details = model.predict_details(pairs, long_documents=LongDocuments("chunk", chunk_tokens=64, max_chunks=3))
     assert details.chunks.tolist() == [3, 1] and details.capped.tolist() == [True, False]
     assert "1 of 2 documents have more than max_chunks=3 windows" in caplog.text
     # the first 3 windows, as without the cap
     first3 = model.predict(uncapped.pairs[:3])
     assert details.scores[0] == first3.max()
-    ranked = model.rank(pairs[0][0], [long_doc, pairs[1][1]], long_documents="chunk", chunk_tokens=64, max_chunks=3)
+    ranked = model.rank(pairs[0][0], [long_doc, pairs[1][1]],
+                        long_documents=LongDocuments("chunk", chunk_tokens=64, max_chunks=3))
     by_id = {r["corpus_id"]: r for r in ranked}
     assert (by_id[0]["chunks"], by_id[0]["capped"]) == (3, True)
     assert (by_id[1]["chunks"], by_id[1]["capped"]) == (1, False)
@@ -260,14 +272,15 @@ def test_a_match_at_the_end_ranks_first_in_chunk_mode_only(model):
     sentences = _sentences()
     fillers = [_filler(rng, sentences, 700, {query, answer}) for _ in range(5)]
     documents = [fillers[0] + " " + answer, *fillers[1:]]
-    seen = model.truncated_spans([(query, documents[0])])[0]
+    seen = _pipeline.truncated_spans(model, [(query, documents[0])])[0]
     assert seen[1] < len(fillers[0])  # truncation never reaches the answer
     # truncate mode cannot see the answer: the document scores as its filler alone, and is not first
     truncated = model.rank(query, documents)
     assert truncated[0]["corpus_id"] != 0
     assert {r["corpus_id"]: r["score"] for r in truncated}[0] == model.predict((query, fillers[0]))
     # sentence-sized windows: the STSb model compares whole texts, so a window should be about a sentence or two
-    chunked = model.rank(query, documents, long_documents="chunk", chunk_tokens=32, max_chunks=100, return_spans=True)
+    chunked = model.rank(query, documents, long_documents=LongDocuments("chunk", chunk_tokens=32, max_chunks=100),
+                         return_spans=True)
     best = chunked[0]
     assert best["corpus_id"] == 0 and not best["capped"]
     start, end = best["span"]
@@ -289,13 +302,15 @@ def test_left_truncation_keeps_the_end_as_transformers_does(model, reference_che
         start, length = int(encoded.starts[i]), int(encoded.lengths[i])
         expected = hf(a, b, truncation=True, max_length=model.max_length)["input_ids"]
         assert encoded.ids[start : start + length].tolist() == expected
-    left = model.predict(pairs, truncation_direction="left")
+    left = model.predict(pairs, long_documents=LongDocuments(truncation_direction="left"))
     right = model.predict(pairs)
     assert left[0] != right[0] and left[2] == right[2]
-    np.testing.assert_array_equal(model.predict(pairs, truncation_direction="right"), right)
-    spans = model.truncated_spans(pairs[:1], "left")
+    np.testing.assert_array_equal(model.predict(pairs, long_documents=LongDocuments(truncation_direction="right")),
+                                  right)
+    spans = _pipeline.truncated_spans(model, pairs[:1], "left")
     assert spans[0][1] == len(pairs[0][1]) and spans[0][0] > 0
-    ranked = model.rank(pairs[0][0], [pairs[0][1]], truncation_direction="left", return_spans=True)
+    ranked = model.rank(pairs[0][0], [pairs[0][1]], long_documents=LongDocuments(truncation_direction="left"),
+                        return_spans=True)
     assert ranked[0]["score"] == left[0] and ranked[0]["span"] == spans[0]
 
 
@@ -307,9 +322,9 @@ def test_chunk_mode_needs_one_label(tmp_path):
     folder = export_model(str(build_tiny("bert", tmp_path / "ckpt", seed=2, num_labels=3)), out=tmp_path / "onnx",
                           precisions=["fp32"], gate_overrides=RANDOM_WEIGHT_GATES, log=None)
     encoder = CrossEncoder(folder, threads=1)
-    with pytest.raises(ValueError, match="long_documents='chunk' needs a model with one label"):
+    with pytest.raises(InvalidOptionError, match="long_documents='chunk' needs a model with one label"):
         encoder.predict([("a", "b")], long_documents="chunk")
-    assert encoder.predict([("a", "b")], truncation_direction="left").shape == (1, 3)
+    assert encoder.predict([("a", "b")], long_documents=LongDocuments(truncation_direction="left")).shape == (1, 3)
 
 
 # -- everywhere the runtime is used: CLI, score-file, Ray Data -------------------------------------------------
@@ -321,7 +336,8 @@ def test_cli_rank_and_predict_chunk_flags(reference_export, model, capsys):
     lines = capsys.readouterr().out.splitlines()
     score, corpus_id, span, text = lines[0].split("\t")
     assert (corpus_id, span, text) == ("0", "25:55", HAND_DOC)
-    expected = model.predict((HAND_QUERY, HAND_DOC), long_documents="chunk", chunk_tokens=8, chunk_overlap=2)
+    expected = model.predict((HAND_QUERY, HAND_DOC), long_documents=LongDocuments("chunk", chunk_tokens=8,
+                                                                                   chunk_overlap=2))
     assert float(score) == pytest.approx(float(expected), abs=1e-6)
 
     assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, "--max-chunks", "2"]) == 0
@@ -330,13 +346,12 @@ def test_cli_rank_and_predict_chunk_flags(reference_export, model, capsys):
     row = json.loads(capsys.readouterr().out)
     assert (row["chunks"], row["capped"], row["span"]) == (2, True, [25, 55])  # the first 2 windows hold the best
     assert main(["predict", str(reference_export), "--pair", "a", "b", "--chunk-tokens", "8"]) == 2
-    assert "chunk_tokens applies to long_documents='chunk'" in capsys.readouterr().err
+    assert "--chunk-tokens applies to --long-documents chunk" in capsys.readouterr().err
 
 
 def test_score_file_chunks_passages(tmp_path, model):
     import json
 
-    from crossonnx.long_documents import LongDocuments
     from crossonnx.scale.files import score_file
 
     rng = random.Random(17)
@@ -348,22 +363,34 @@ def test_score_file_chunks_passages(tmp_path, model):
     options = LongDocuments("chunk", chunk_tokens=64, max_chunks=4)
     result = score_file(model, src, tmp_path / "out.jsonl", long_documents=options, progress=False)
     got = [json.loads(line)["score"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    expected = model.predict([(r["query"], r["passage"]) for r in rows], **options.kwargs())
+    expected = model.predict([(r["query"], r["passage"]) for r in rows], long_documents=options)
     np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected)
-    assert result.details["capped_rows"] == 1 and result.details["long_documents"]["long_documents"] == "chunk"
+    assert result.details["capped_rows"] == 1 and result.details["long_documents"] == options.to_dict()
+    assert result.details["long_documents"]["mode"] == "chunk"
+    # a mode name stands for that mode's defaults, in score-file as in predict
+    score_file(model, src, tmp_path / "default.jsonl", long_documents="chunk", progress=False)
+    got = [json.loads(line)["score"] for line in (tmp_path / "default.jsonl").read_text().splitlines()]
+    expected = model.predict([(r["query"], r["passage"]) for r in rows], long_documents=LongDocuments("chunk"))
+    np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected)
 
 
 def test_ray_scorer_chunks_passages(model):
     pytest.importorskip("pyarrow")
-    from crossonnx.long_documents import LongDocuments
-    from crossonnx.scale import ScaleError
     from crossonnx.scale.ray_data import RayScorer, score_dataset
 
     options = LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2)
     scorer = RayScorer(model.model_dir, threads=1, long_documents=options)
-    out = scorer({"query": np.array([HAND_QUERY, HAND_QUERY]), "passage": np.array([HAND_DOC, "A dog."])})
-    expected = model.predict([(HAND_QUERY, HAND_DOC), (HAND_QUERY, "A dog.")], **options.kwargs())
+    batch = {"query": np.array([HAND_QUERY, HAND_QUERY]), "passage": np.array([HAND_DOC, "A dog."])}
+    out = scorer(batch)
+    expected = model.predict([(HAND_QUERY, HAND_DOC), (HAND_QUERY, "A dog.")], long_documents=options)
     np.testing.assert_allclose(out["score"], expected, rtol=0, atol=1e-6)  # 1 thread here, 2 there: fp32 rounding
+    by_name = RayScorer(model.model_dir, threads=1, long_documents="chunk")(batch)
+    pairs = [(HAND_QUERY, HAND_DOC), (HAND_QUERY, "A dog.")]
+    np.testing.assert_allclose(by_name["score"], model.predict(pairs, long_documents="chunk"), rtol=0, atol=1e-6)
+    with pytest.raises(InvalidOptionError) as info:
+        RayScorer(model.model_dir, threads=1, long_documents="split")
+    assert info.value.field == "long_documents"
     pytest.importorskip("ray")
-    with pytest.raises(ScaleError, match="long_documents must be a crossonnx"):
-        score_dataset(None, model.model_dir, long_documents="chunk")  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="long_documents must be") as info:
+        score_dataset(None, model.model_dir, long_documents=5)  # type: ignore[arg-type]
+    assert info.value.field == "long_documents"

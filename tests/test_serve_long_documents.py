@@ -19,6 +19,7 @@ pytest.importorskip("httpx")
 
 from test_serve import Running, serving
 
+from crossonnx import LongDocuments, _pipeline
 from crossonnx.encoder import CrossEncoder
 from crossonnx.serve.batcher import DynamicBatcher
 from crossonnx.serve.limits import ServeLimits
@@ -53,7 +54,7 @@ def test_rerank_chunks_like_rank_with_spans(server, encoder, long_text):
     texts = [long_text, DOC, "A man plays the guitar."]
     response = server.post("/rerank", {"query": QUERY, "texts": texts, "long_documents": CHUNK})
     assert response.status_code == 200, response.text
-    expected = encoder.rank(QUERY, texts, long_documents="chunk", chunk_tokens=8, chunk_overlap=2,
+    expected = encoder.rank(QUERY, texts, long_documents=LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2),
                             return_spans=True)
     got = response.json()
     assert [item["index"] for item in got] == [item["corpus_id"] for item in expected]
@@ -74,24 +75,24 @@ def test_predict_chunks_and_spans(server, encoder, long_text):
     response = server.post("/predict", body)
     assert response.status_code == 200, response.text
     got = response.json()
-    details = encoder.predict_details([tuple(p) for p in pairs], long_documents="chunk", max_chunks=2,
-                                      aggregate="mean")
+    details = encoder.predict_details([tuple(p) for p in pairs],
+                                      long_documents=LongDocuments("chunk", max_chunks=2, aggregate="mean"))
     np.testing.assert_allclose(got["scores"], details.scores, rtol=0, atol=1e-6)
     assert got["chunks"] == [1, 2] and got["capped"] == [False, True]
     assert got["spans"] == [list(span) for span in details.spans]
     # truncate mode spans: what survived truncation
     spans = server.post("/predict", {"pairs": pairs, "long_documents": {"return_spans": True}}).json()["spans"]
-    assert spans == [list(span) for span in encoder.truncated_spans([tuple(p) for p in pairs])]
+    assert spans == [list(span) for span in _pipeline.truncated_spans(encoder, [tuple(p) for p in pairs])]
     assert spans[1][1] < len(long_text)
 
 
 def test_cohere_max_chunks_per_doc(server, encoder, long_text):
     documents = [long_text, DOC]
-    assert encoder.plan_windows([(QUERY, long_text)]).chunks[0] > 1  # the default window: what fits beside QUERY
+    assert encoder.predict_details([(QUERY, long_text)], long_documents="chunk").chunks[0] > 1  # the default window
     response = server.post("/v1/rerank", {"query": QUERY, "documents": documents, "max_chunks_per_doc": 1})
     assert response.status_code == 200, response.text
     got = response.json()
-    expected = encoder.predict([(QUERY, d) for d in documents], long_documents="chunk", max_chunks=1)
+    expected = encoder.predict([(QUERY, d) for d in documents], long_documents=LongDocuments("chunk", max_chunks=1))
     for result in got["results"]:
         assert result["relevance_score"] == pytest.approx(float(expected[result["index"]]), abs=1e-6)
     assert "documents [0] have more than max_chunks_per_doc=1 chunks" in got["meta"]["warnings"][0]
@@ -100,7 +101,7 @@ def test_cohere_max_chunks_per_doc(server, encoder, long_text):
 
 def test_truncation_direction(server, encoder, long_text):
     texts = [long_text, DOC]
-    left = encoder.predict([(QUERY, t) for t in texts], truncation_direction="left")
+    left = encoder.predict([(QUERY, t) for t in texts], long_documents=LongDocuments(truncation_direction="left"))
     right = encoder.predict([(QUERY, t) for t in texts])
     assert left[0] != right[0]
     for value in ("left", "Left"):
@@ -170,7 +171,7 @@ def test_requests_with_different_runners_are_not_merged(encoder):
 
     def left(pairs):
         left_calls.append(len(pairs))
-        return encoder.logits_and_stats(pairs, truncation_direction="left")[0]
+        return _pipeline.logits_and_stats(encoder, pairs, truncation_direction="left")[0]
 
     batcher = DynamicBatcher(gated, max_batch_pairs=64, max_queue_pairs=64)
     pairs = [(QUERY, DOC), (QUERY, " ".join(str(i) for i in range(600)))]
@@ -190,5 +191,6 @@ def test_requests_with_different_runners_are_not_merged(encoder):
     finally:
         batcher.close(30)
     assert gated.calls == [1, 2, 2] and left_calls == [2]  # default, default, (left alone), default
-    np.testing.assert_allclose(left_rows, encoder.logits_and_stats(pairs, truncation_direction="left")[0], atol=1e-6)
+    expected = _pipeline.logits_and_stats(encoder, pairs, truncation_direction="left")[0]
+    np.testing.assert_allclose(left_rows, expected, atol=1e-6)
     assert not np.allclose(left_rows[1], default_rows[1])

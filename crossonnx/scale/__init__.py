@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from crossonnx.errors import CrossOnnxError, install_command, require_module
+from crossonnx.errors import ScaleError, install_command, require_module
 
 INSTALL_HINT = install_command("scale")
 FORMATS = ("parquet", "jsonl", "csv")
 DEFAULT_CHUNK_ROWS = 8192  # rows read, scored and written together: a few MB of text for query-passage pairs
-
-
-class ScaleError(CrossOnnxError, ValueError):
-    """A file or dataset cannot be scored as asked (missing column, non-text cell, output exists, ...)."""
 
 
 def require(module: str, package: str, what: str) -> ModuleType:
@@ -24,4 +20,4 @@ def require(module: str, package: str, what: str) -> ModuleType:
     return require_module(module, "scale", package, what)
 
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "FORMATS", "INSTALL_HINT", "ScaleError", "require"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "FORMATS", "INSTALL_HINT", "ScaleError", "require"]  # ScaleError: crossonnx.errors

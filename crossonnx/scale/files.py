@@ -437,16 +437,17 @@ def score_file(
     raw_scores: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
-    long_documents: LongDocuments | None = None,
+    long_documents: str | LongDocuments = "truncate",
 ) -> ScoreFileResult:
     """Score every (query, passage) row of ``source`` with ``encoder`` and write it to ``out`` with a score column.
 
     The output has the input's format, columns and row order. ``raw_scores`` writes logits (no activation; chunk
     mode then aggregates logits). ``progress`` None shows the bar when stderr is a terminal. ``long_documents``:
-    truncate (default) or chunk the passages (``crossonnx.long_documents``); ``details["capped_rows"]`` counts
-    the passages with more windows than ``max_chunks``.
+    ``"truncate"`` (default), ``"chunk"`` or a ``LongDocuments``, as in ``CrossEncoder.predict``;
+    ``details["long_documents"]`` holds its fields and ``details["capped_rows"]`` counts the passages with more
+    windows than ``max_chunks``.
     """
-    options = long_documents or LongDocuments()
+    options = LongDocuments.of(long_documents)
     columns = columns or Columns()
     source = Path(source)
     out = Path(out) if out is not None else default_output(source)
@@ -482,11 +483,11 @@ def score_file(
             for chunk in reader.chunks():
                 if options.mode == "chunk":
                     details = encoder.predict_details(chunk.pairs, batch_size=batch_size, activation_fn=activation,
-                                                      **options.kwargs())
+                                                      long_documents=options)
                     scores, capped = details.scores, capped + int(details.capped.sum())
                 else:
                     scores = encoder.predict(chunk.pairs, batch_size=batch_size, activation_fn=activation,
-                                             **options.kwargs())
+                                             long_documents=options)
                 sink.write(chunk, np.asarray(scores))
                 rows += len(chunk.pairs)
                 position = chunk.position
@@ -503,4 +504,4 @@ def score_file(
     seconds = time.perf_counter() - started
     return ScoreFileResult(source=source, out=out, format=fmt, rows=rows, seconds=seconds,
                            details={"chunk_rows": chunk_rows, "batch_size": batch_size, "raw_scores": raw_scores,
-                                    "long_documents": options.kwargs(), "capped_rows": capped})
+                                    "long_documents": options.to_dict(), "capped_rows": capped})

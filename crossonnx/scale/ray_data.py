@@ -64,8 +64,8 @@ class RayScorer:
 
     ``__call__`` takes a batch (pyarrow Table, pandas DataFrame or dict of numpy arrays) with the query and
     passage columns and returns it with ``score_column`` added (float32; a fixed-size list per row for
-    multi-label models). ``threads`` defaults to the CPUs Ray assigned to the actor. ``long_documents`` truncates
-    (default) or chunks the passages as ``CrossEncoder.predict`` does (``crossonnx.long_documents``; a capped
+    multi-label models). ``threads`` defaults to the CPUs Ray assigned to the actor. ``long_documents``:
+    ``"truncate"`` (default), ``"chunk"`` or a ``LongDocuments``, as in ``CrossEncoder.predict`` (a capped
     passage is logged by each actor). ``pid_column``, if set,
     also adds the id of the process that scored each row (to see how work was spread, or which actor to kill
     in a fault-tolerance test).
@@ -84,17 +84,17 @@ class RayScorer:
         batch_size: int = 32,
         raw_scores: bool = False,
         pid_column: str | None = None,
-        long_documents: LongDocuments | None = None,
+        long_documents: str | LongDocuments = "truncate",
     ):
         from crossonnx.encoder import CrossEncoder
 
+        self.long_documents = LongDocuments.of(long_documents)
         self.threads = threads if threads is not None else actor_cpus()
         self.encoder = CrossEncoder(model_dir, precision=precision, provider=provider, threads=self.threads)
         self.query_column, self.passage_column, self.score_column = query_column, passage_column, score_column
         self.batch_size = batch_size
         self.activation = "identity" if raw_scores else None
         self.pid_column = pid_column
-        self.long_documents = long_documents or LongDocuments()
         self.pid = os.getpid()
 
     def info(self) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class RayScorer:
             shape = (0,) if self.encoder.num_labels == 1 else (0, self.encoder.num_labels)
             return np.empty(shape, dtype=np.float32)
         scores = self.encoder.predict(pairs, batch_size=self.batch_size, activation_fn=self.activation,
-                                      **self.long_documents.kwargs())
+                                      long_documents=self.long_documents)
         return np.asarray(scores, dtype=np.float32)
 
     def _column(self, names: list[str], name: str) -> None:
@@ -168,15 +168,15 @@ def score_dataset(
     threads: int | None = None,
     pid_column: str | None = None,
     preserve_order: bool = True,
-    long_documents: LongDocuments | None = None,
+    long_documents: str | LongDocuments = "truncate",
     **ray_remote_args: Any,
 ) -> ray.data.Dataset:
     """``ds`` with a score column, computed by ``actors`` actors of ``cpus_per_actor`` CPUs each (lazy).
 
     ``batch_size`` is rows per ``map_batches`` call, ``model_batch_size`` pairs per model run (windows, with
-    ``long_documents=LongDocuments("chunk", ...)``, which scores long passages in windows). ``model_dir``
-    must exist at the same path on every node that runs an actor (shared storage, or copied to each node);
-    a relative path is made absolute here. ``actors`` may be ``(min, max)`` for an autoscaling pool. Actors
+    ``long_documents="chunk"`` or ``LongDocuments("chunk", ...)``, which score long passages in windows).
+    ``model_dir`` must exist at the same path on every node that runs an actor (shared storage, or copied to each
+    node); a relative path is made absolute here. ``actors`` may be ``(min, max)`` for an autoscaling pool. Actors
     restart and tasks are retried when a worker dies, and ``preserve_order`` (set on the ``DataContext``
     that ``ds`` and the result share) keeps the input's row order. Extra keyword arguments go to ``map_batches``
     as Ray remote arguments (e.g. ``memory=``, ``num_gpus=`` with ``provider="cuda"``).
@@ -185,11 +185,7 @@ def score_dataset(
     read and write tasks, and give the dataset at least as many blocks as actors (a block goes to one actor).
     """
     require("ray", "ray[data]", "the Ray Data integration")
-    if long_documents is not None and not isinstance(long_documents, LongDocuments):
-        raise ScaleError(
-            f"long_documents must be a crossonnx.long_documents.LongDocuments (e.g. LongDocuments('chunk', "
-            f"max_chunks=10)), got {type(long_documents).__name__}"
-        )
+    options = LongDocuments.of(long_documents)  # here, not in every actor
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ScaleError(f"batch_size must be a positive integer, got {batch_size!r}")
     if cpus_per_actor <= 0:
@@ -232,7 +228,7 @@ def score_dataset(
                 "batch_size": model_batch_size,
                 "raw_scores": raw_scores,
                 "pid_column": pid_column,
-                "long_documents": long_documents,
+                "long_documents": options,
             },
             batch_size=batch_size,
             batch_format="pyarrow",

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import crossonnx
+from crossonnx import _pipeline
 from crossonnx.encoder import CrossEncoder
 from crossonnx.long_documents import PairDetails
 from crossonnx.serve.batcher import Draining, DynamicBatcher, QueueFull, RequestTooLarge, Runner
@@ -70,7 +71,7 @@ def default_runner(
     rows = limits.max_batch_pairs if encoder.token_budget else 32
 
     def run(pairs: list[Pair]) -> np.ndarray:
-        out, stats = encoder.logits_and_stats(pairs, batch_size=rows, truncation_direction=truncation_direction)
+        out, stats = _pipeline.logits_and_stats(encoder, pairs, rows, truncation_direction)
         if on_tokens is not None:
             on_tokens(stats.tokens)
         return out
@@ -131,7 +132,7 @@ class ServeState:
         ``runner_for``."""
         if not request.truncate:
             loop = asyncio.get_running_loop()
-            counts = await loop.run_in_executor(None, self.encoder.token_counts, request.pairs)
+            counts = await loop.run_in_executor(None, _pipeline.token_counts, self.encoder, request.pairs)
             over = [(i, n) for i, n in enumerate(counts) if n > self.encoder.max_length]
             if over:
                 index, tokens = over[0]
@@ -153,7 +154,7 @@ class ServeState:
             self.metrics.rejected.labels("draining").inc()
             raise ApiError(503, str(exc), "Unhealthy") from None
         self.metrics.request_pairs.observe(len(request.pairs))
-        return self.encoder.scores_from_logits(logits, "identity" if request.raw_scores else None)
+        return _pipeline.scores_from_logits(self.encoder, logits, "identity" if request.raw_scores else None)
 
     def runner_for(self, truncation_direction: str | None) -> Runner | None:
         """The batcher runner that truncates from ``truncation_direction`` (None: the default runner)."""
@@ -166,50 +167,43 @@ class ServeState:
         return self._direction_runners[truncation_direction]
 
     async def score_details(self, request: ScoreRequest, long_request: LongDocumentRequest) -> PairDetails:
-        """``score`` with the request's long-document options: chunk mode plans windows (off the event loop),
-        queues every window as a pair and aggregates them per text; truncate mode adds spans when asked."""
+        """``request``'s per-pair results under its long-document options, along crossonnx._pipeline's one path:
+        plan (off the event loop unless there is nothing to plan), score every planned pair through the batcher,
+        aggregate per text. Chunk mode queues every window as a pair; truncate mode adds spans when asked."""
         options = long_request.options
-        runner = self.runner_for(options.truncation_direction)
-        loop = asyncio.get_running_loop()
-        n = len(request.pairs)
-        if options.mode == "truncate":
-            scores = await self.score(request, runner)
-            spans = []
-            if long_request.return_spans:
-                spans = await loop.run_in_executor(
-                    None, self.encoder.truncated_spans, request.pairs, options.truncation_direction
-                )
-            return PairDetails(scores=scores, spans=spans, chunks=np.ones(n, dtype=np.int64),
-                               capped=np.zeros(n, dtype=bool), window_scores=[], window_spans=[])
-        if self.encoder.num_labels != 1:
+        if options.mode == "chunk" and self.encoder.num_labels != 1:
             raise invalid(
                 f"chunking needs a one-label model (a document scores as its best window); this one has "
                 f"{self.encoder.num_labels} labels", "long_documents.mode",
             )
-        plan = await loop.run_in_executor(
-            None, self.encoder.plan_windows, request.pairs, options.chunk_tokens, options.chunk_overlap,
-            options.max_chunks,
-        )
-        if not request.truncate and plan.query_truncated.any():
-            where = f"{request.item_field}[{int(np.argmax(plan.query_truncated))}]"
-            raise too_large(
-                f"the query of {where} leaves too little room for a window within the model's "
-                f"{self.encoder.max_length} tokens and would be truncated (send \"truncate\": true to truncate it)",
-                where,
+        if options.mode == "truncate" and not long_request.return_spans:
+            plan = _pipeline.plan(self.encoder, request.pairs, options)  # nothing to tokenize: no thread hop
+        else:
+            plan = await asyncio.get_running_loop().run_in_executor(
+                None, _pipeline.plan, self.encoder, request.pairs, options, long_request.return_spans
             )
-        if len(plan.pairs) > self.limits.max_queue_pairs:
-            raise too_large(
-                f"this request makes {len(plan.pairs)} windows, more than this server queues "
-                f"({self.limits.max_queue_pairs}); send fewer or shorter texts, or lower max_chunks",
-                "long_documents.max_chunks",
-            )
-        windows = dataclasses.replace(request, pairs=plan.pairs, truncate=True)
-        return plan.details(await self.score(windows, runner), options.aggregate)
+        if plan.windows is not None:
+            if not request.truncate and plan.query_truncated.any():
+                where = f"{request.item_field}[{int(np.argmax(plan.query_truncated))}]"
+                raise too_large(
+                    f"the query of {where} leaves too little room for a window within the model's "
+                    f"{self.encoder.max_length} tokens and would be truncated (send \"truncate\": true to truncate "
+                    "it)",
+                    where,
+                )
+            if len(plan.pairs) > self.limits.max_queue_pairs:
+                raise too_large(
+                    f"this request makes {len(plan.pairs)} windows, more than this server queues "
+                    f"({self.limits.max_queue_pairs}); send fewer or shorter texts, or lower max_chunks",
+                    "long_documents.max_chunks",
+                )
+            request = dataclasses.replace(request, pairs=plan.pairs, truncate=True)
+        return plan.finish(await self.score(request, self.runner_for(options.truncation_direction)))
 
     def require_one_label(self) -> None:
         """Reranking needs a one-label model (the encoder's rule), answered as 422."""
         try:
-            self.encoder.check_rankable()
+            _pipeline.check_rankable(self.encoder)
         except ValueError:
             raise invalid(
                 f"this model has {self.encoder.num_labels} labels; reranking needs a one-label model: use /predict",
@@ -269,15 +263,15 @@ async def rerank(state: ServeState, data: dict[str, Any]) -> list[dict[str, Any]
     state.require_one_label()
     request: RerankRequest = parse_rerank(data, state.limits)
     long_request = parse_long_documents(data)
-    details = await state.score_details(request, long_request) if long_request.active else None
-    scores = details.scores if details is not None else await state.score(request)
+    details = await state.score_details(request, long_request)
+    scores = details.scores
     values = scores.tolist()
     out = []
     for index in np.argsort(-scores, kind="stable").tolist():
         item: dict[str, Any] = {"index": index, "score": values[index]}
         if request.return_text:
             item["text"] = request.texts[index]
-        if details is not None:
+        if long_request.active:
             item.update(_long_document_fields(details, long_request, index))
         out.append(item)
     return out
@@ -299,8 +293,8 @@ async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, An
     state.require_one_label()
     request: CohereRerankRequest = parse_cohere_rerank(data, state.limits)
     long_request = parse_cohere_chunks(data)
-    details = await state.score_details(request, long_request) if long_request.active else None
-    scores = details.scores if details is not None else await state.score(request)
+    details = await state.score_details(request, long_request)
+    scores = details.scores
     values = scores.tolist()
     results = []
     for index in np.argsort(-scores, kind="stable").tolist()[: request.top_n]:
@@ -310,7 +304,7 @@ async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, An
         results.append(item)
     search_units = math.ceil(len(request.documents) / 100)
     meta: dict[str, Any] = {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units}}
-    if details is not None and details.capped.any():
+    if details.capped.any():
         capped = np.flatnonzero(details.capped).tolist()
         meta["warnings"] = [
             f"documents {capped} have more than max_chunks_per_doc={long_request.options.max_chunks} chunks; "
@@ -323,8 +317,6 @@ async def predict(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
     """Raw pairs: ``{"scores": [...]}`` in input order (a list per pair for multi-label models)."""
     request = parse_predict(data, state.limits)
     long_request = parse_long_documents(data)
-    if not long_request.active:
-        return {"scores": (await state.score(request)).tolist()}
     details = await state.score_details(request, long_request)
     out: dict[str, Any] = {"scores": details.scores.tolist()}
     if long_request.options.mode == "chunk":

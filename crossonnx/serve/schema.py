@@ -11,9 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from crossonnx.encoder import unicode_problem
-from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, TRUNCATION_DIRECTIONS, LongDocuments
+from crossonnx._inputs import unicode_problem
+from crossonnx.errors import InvalidOptionError
+from crossonnx.long_documents import DEFAULT_MAX_CHUNKS, LongDocuments
 from crossonnx.serve.limits import ServeLimits
+from crossonnx.tokenization import TRUNCATION_DIRECTIONS
 
 Pair = tuple[str, str]
 # Integer literals longer than this are refused (400) before Python converts them: 640 is the lowest limit
@@ -235,8 +237,15 @@ def parse_predict(data: dict[str, Any], limits: ServeLimits) -> ScoreRequest:
 
 
 # -- long documents (crossonnx.long_documents): an extension object on /rerank and /predict, Cohere's
-# max_chunks_per_doc on /v1/rerank and TEI's truncation_direction ---------------------------------------------
+# max_chunks_per_doc on /v1/rerank and TEI's truncation_direction. The fields' rules are LongDocuments' own: a value
+# it refuses is answered as 422 naming the JSON field it came from. -------------------------------------------
 LONG_DOCUMENT_KEYS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "return_spans")
+# LongDocuments field -> the request field it comes from
+LONG_DOCUMENT_PATHS = {
+    **{key: f"long_documents.{key}" for key in LONG_DOCUMENT_KEYS},
+    "truncation_direction": "truncation_direction",
+}
+COHERE_PATHS = {"max_chunks": "max_chunks_per_doc"}
 
 
 @dataclass
@@ -248,20 +257,21 @@ class LongDocumentRequest:
     active: bool = False
 
 
-def _truncation_direction(data: dict[str, Any]) -> str | None:
+def long_document_options(paths: dict[str, str], **fields: Any) -> LongDocuments:
+    """``LongDocuments(**fields)``; a field it refuses is 422 naming its request field (``paths``)."""
+    try:
+        return LongDocuments(**fields)
+    except InvalidOptionError as exc:
+        path = paths.get(exc.field, exc.field)
+        got = f", got {shown(exc.value)}" if exc.has_value else ""
+        raise invalid(f"{path} {exc.rule}{got}", path) from None
+
+
+def _truncation_direction(data: dict[str, Any]) -> object:
+    """The request's truncation_direction, in lower case when it is a direction (TEI takes any case)."""
     value = data.get("truncation_direction")
-    if value is None:
-        return None
-    if not isinstance(value, str) or value.lower() not in TRUNCATION_DIRECTIONS:
-        raise invalid(f"truncation_direction must be \"left\" or \"right\", got {json.dumps(value)}",
-                      "truncation_direction")
-    return value.lower()
-
-
-def _positive(value: object, field: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a positive integer" if minimum else "0 or a positive integer"
-        raise invalid(f"{field} must be {kind}, got {json.dumps(value)}", field)
+    if isinstance(value, str) and value.lower() in TRUNCATION_DIRECTIONS:
+        return value.lower()
     return value
 
 
@@ -271,37 +281,23 @@ def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
     direction = _truncation_direction(data)
     spec = data.get("long_documents")
     if spec is None:
-        return LongDocumentRequest(LongDocuments(truncation_direction=direction), active=direction is not None)
+        options = long_document_options(LONG_DOCUMENT_PATHS, truncation_direction=direction)
+        return LongDocumentRequest(options, active=direction is not None)
     if not isinstance(spec, dict):
         raise invalid(f"long_documents must be an object, got {json_type(spec)}", "long_documents")
     unknown = [key for key in spec if key not in LONG_DOCUMENT_KEYS]
     if unknown:
         raise invalid(f"long_documents has no field {unknown[0]!r}; it takes {', '.join(LONG_DOCUMENT_KEYS)}",
                       f"long_documents.{unknown[0]}")
-    mode = spec.get("mode", "truncate")
-    if mode not in MODES:
-        raise invalid(f"long_documents.mode must be \"truncate\" or \"chunk\", got {json.dumps(mode)}",
-                      "long_documents.mode")
-    aggregate = spec.get("aggregate", "max")
-    if aggregate not in AGGREGATES:
-        raise invalid(f"long_documents.aggregate must be one of {', '.join(AGGREGATES)}, got {json.dumps(aggregate)}",
-                      "long_documents.aggregate")
-    sizes: dict[str, int | None] = {}
-    for key, minimum in (("chunk_tokens", 1), ("chunk_overlap", 0)):
-        value = spec.get(key)
-        sizes[key] = None if value is None else _positive(value, f"long_documents.{key}", minimum)
-        if value is not None and mode != "chunk":
-            raise invalid(f"long_documents.{key} applies to mode \"chunk\"", f"long_documents.{key}")
-    max_chunks = _positive(spec.get("max_chunks", DEFAULT_MAX_CHUNKS), "long_documents.max_chunks")
-    tokens, overlap = sizes["chunk_tokens"], sizes["chunk_overlap"]
-    if tokens is not None and overlap is not None and overlap >= tokens:
-        raise invalid(f"long_documents.chunk_overlap ({overlap}) must be smaller than chunk_tokens ({tokens})",
-                      "long_documents.chunk_overlap")
+    options = long_document_options(
+        LONG_DOCUMENT_PATHS, mode=spec.get("mode", "truncate"), chunk_tokens=spec.get("chunk_tokens"),
+        chunk_overlap=spec.get("chunk_overlap"), aggregate=spec.get("aggregate", "max"),
+        max_chunks=spec.get("max_chunks", DEFAULT_MAX_CHUNKS), truncation_direction=direction,
+    )
     return_spans = spec.get("return_spans")
     if return_spans is not None and not isinstance(return_spans, bool):
         raise invalid(f"long_documents.return_spans must be true or false, got {json_type(return_spans)}",
                       "long_documents.return_spans")
-    options = LongDocuments(mode, tokens, overlap, aggregate, max_chunks, direction)
     return LongDocumentRequest(options, return_spans=bool(return_spans), active=True)
 
 
@@ -310,5 +306,4 @@ def parse_cohere_chunks(data: dict[str, Any]) -> LongDocumentRequest:
     value = data.get("max_chunks_per_doc")
     if value is None:
         return LongDocumentRequest(LongDocuments())
-    max_chunks = _positive(value, "max_chunks_per_doc")
-    return LongDocumentRequest(LongDocuments("chunk", max_chunks=max_chunks), active=True)
+    return LongDocumentRequest(long_document_options(COHERE_PATHS, mode="chunk", max_chunks=value), active=True)
