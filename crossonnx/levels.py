@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from crossonnx import cpu
 from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest
 from crossonnx.parity import Parity
@@ -86,7 +86,7 @@ class Machine:
 
             bf16 = has_bf16()
         else:
-            bf16 = _cpuinfo_bf16()
+            bf16 = cpu.has_bf16()  # from /proc/cpuinfo, with no OpenVINO to ask
         providers = [p for p in available_providers(openvino=False) if p != TENSORRT or ort_engine.tensorrt_loadable()]
         return cls(openvino=openvino, bf16=bf16, providers=tuple(providers))
 
@@ -101,15 +101,6 @@ class Machine:
         if provider not in self.providers:
             return f"no {provider} provider here"
         return None
-
-
-def _cpuinfo_bf16() -> bool:
-    """bf16 arithmetic from /proc/cpuinfo (Linux), for a machine without OpenVINO to ask."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from crossonnx.cpu import has_int8_dot_product
 from crossonnx.errors import require_module
 from crossonnx.metrics import logit_agreement
 
@@ -75,6 +76,14 @@ class StaticInt8Plan:
     quantized_matmuls: int = 0
     search: list[dict[str, Any]] = field(default_factory=list)
     met_target: bool | None = None
+    overflow_fix: str = "first_layer"  # NNCF's fix for saturating int8 sums: "enable" on CPUs without VNNI / AMX
+
+
+def overflow_fix() -> str:
+    """NNCF's overflow fix for this machine's int8 kernels. Without an int8 dot-product instruction (VNNI, AMX) the
+    CPU sums u8 x s8 products in saturating 16-bit lanes; 7-bit weights on every layer keep those sums in range, at
+    a small cost in precision that CPUs with VNNI need not pay (docs/design/int8-static-recipe.md)."""
+    return "first_layer" if has_int8_dot_product() else "enable"
 
 
 def _openvino() -> Any:
@@ -135,7 +144,11 @@ def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
     """The NNCF recipe of int8-static (above) applied to ``model``, an OpenVINO model or an ONNX ModelProto (which NNCF
     returns as a QDQ ONNX model), with the nodes ``keep_float`` names left in float; ``model`` is not changed."""
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     # NNCF draws its own progress bars (rich, on stdout); the export's step log reports each run instead
@@ -148,7 +161,8 @@ def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
             subset_size=len(feeds),
             ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
             advanced_parameters=AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA)
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=SMOOTH_QUANT_ALPHA),
+                overflow_fix=OverflowFix.ENABLE if overflow_fix() == "enable" else OverflowFix.FIRST_LAYER,
             ),
         )
 
@@ -167,7 +181,8 @@ def quantize_static_int8(
     head, attention, downs = head_matmuls(model), attention_matmuls(model), down_projections(model)
     reference = run_logits(model, feeds, "f32")
     plan = StaticInt8Plan(quantizer=f"nncf {metadata.version('nncf')}", calibration_pairs=len(feeds),
-                          inference_precision=inference_precision, float_attention_matmuls=attention)
+                          inference_precision=inference_precision, float_attention_matmuls=attention,
+                          overflow_fix=overflow_fix())
     cap = int(len(downs) * target.max_float_fraction)
     ladder = sorted({k for k in (0, 1, 2, 4, 8, 12, 16) if k <= cap} | {cap})  # one quantization per step
     best: tuple[float, Any, list[str]] | None = None
