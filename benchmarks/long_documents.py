@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossonnx import CrossEncoder
+from crossonnx import CrossEncoder, LongDocuments
+from crossonnx._pipeline import plan, token_counts
 from crossonnx.bench.machine import describe_cpu, library_versions
 from crossonnx.bench.report import pyplot
 from crossonnx.long_documents import window_tokens
@@ -72,7 +73,7 @@ class Filler:
         self.sentences = list(dict.fromkeys([r.sentence1 for r in rows] + [r.sentence2 for r in rows]))
         self.rng = random.Random(seed)
         self.model = model
-        self.specials = model.token_counts([("", "")])[0]
+        self.specials = token_counts(model, [("", "")])[0]
 
     def document(self, tokens: int, exclude: set[str] | None = None) -> list[str]:
         """Sentences of at most ``tokens`` tokens together (the model's tokenizer), within a sentence of it."""
@@ -80,7 +81,7 @@ class Filler:
         count = 0
         while True:
             batch = [s for s in self.rng.sample(self.sentences, 32) if s not in (exclude or set())]
-            for sentence, n in zip(batch, self.model.token_counts([("", s) for s in batch]), strict=True):
+            for sentence, n in zip(batch, token_counts(self.model, [("", s) for s in batch]), strict=True):
                 n -= self.specials - 1  # the joining space is not a token; sentences are joined by one space
                 if count + n > tokens:
                     return out
@@ -90,8 +91,8 @@ class Filler:
 
 def window_of(model: CrossEncoder, query: str) -> int:
     """Document tokens per window beside ``query`` (the default chunk size)."""
-    specials = model.token_counts([("", "")])[0]
-    query_tokens = model.token_counts([(query, "")])[0] - specials
+    specials = token_counts(model, [("", "")])[0]
+    query_tokens = token_counts(model, [(query, "")])[0] - specials
     return window_tokens(model.max_length - specials, query_tokens)
 
 
@@ -110,7 +111,7 @@ def cost(model: CrossEncoder, docs: int, reps: int, seed: int) -> list[dict[str,
     window = window_of(model, query)
     filler = Filler(model, seed)
     modes = [("truncate", {}), ("chunk", {"long_documents": "chunk"}),
-             ("chunk, uncapped", {"long_documents": "chunk", "max_chunks": 1000})]
+             ("chunk, uncapped", {"long_documents": LongDocuments("chunk", max_chunks=1000)})]
     out = []
     for multiple in MULTIPLES:
         documents = [" ".join(filler.document(window * multiple, {query})) for _ in range(docs)]
@@ -123,7 +124,7 @@ def cost(model: CrossEncoder, docs: int, reps: int, seed: int) -> list[dict[str,
             plan_seconds = 0.0
             if label != "truncate":
                 plan_seconds, _ = timed(
-                    lambda kw=kwargs, p=pairs: model.plan_windows(p, max_chunks=kw.get("max_chunks", 10)), reps
+                    lambda kw=kwargs, p=pairs: plan(model, p, LongDocuments.of(kw["long_documents"])), reps
                 )
             windows = int(details.chunks.sum())
             out.append({
@@ -151,8 +152,8 @@ def quality(model: CrossEncoder, trials: int, multiple: int, distractors: int, s
     methods = {
         "truncate": {},
         "chunk (default window)": {"long_documents": "chunk"},
-        f"chunk ({small_window}-token windows)": {"long_documents": "chunk", "chunk_tokens": small_window,
-                                                  "max_chunks": 1000},
+        f"chunk ({small_window}-token windows)": {
+            "long_documents": LongDocuments("chunk", chunk_tokens=small_window, max_chunks=1000)},
     }
     hits = {(position, method): 0 for position in POSITIONS for method in methods}
     spans_hit = {(position, method): 0 for position in POSITIONS for method in methods}
