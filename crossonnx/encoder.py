@@ -18,6 +18,7 @@ from crossonnx._pipeline import RunStats
 from crossonnx.batching import plan_batches
 from crossonnx.engines import default_threads, open_engine, resolve_provider
 from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH, OPT_BATCH, OPT_LENGTH
+from crossonnx.levels import LEVELS, LevelChoice, Machine, resolve_level
 from crossonnx.long_documents import LongDocuments, PairDetails, moved_arguments_error
 from crossonnx.manifest import load_manifest
 from crossonnx.precisions import DEFAULT_PRECISION
@@ -63,6 +64,12 @@ class _Progress:
         sys.stderr.flush()
 
 
+@functools.cache
+def _machine() -> Machine:
+    """What this machine runs (probed once per process: the probe starts an OpenVINO core)."""
+    return Machine.probe()
+
+
 class CrossEncoder:
     """Scores text pairs with an exported crossonnx model folder, without PyTorch.
 
@@ -71,9 +78,11 @@ class CrossEncoder:
 
     Args:
         model_dir: a folder written by ``crossonnx export``.
-        precision: ``fp32`` (exact), ``fp16``, ``int8`` (ONNX Runtime), ``bf16``, ``int8-static`` or
-            ``int8-dynamic`` (OpenVINO);
-            each must have been exported and validated into the folder.
+        precision: a quality level, ``exact`` (within 1e-5 of PyTorch fp32), ``faithful`` (Spearman >= 0.9999,
+            max abs <= 0.01) or ``fast`` (Spearman >= 0.999), which picks the variant that meets it here from what
+            the folder holds and what the export measured (``info()["level"]`` says which and why); or a concrete
+            precision: ``fp32``, ``fp16``, ``int8`` (ONNX Runtime), ``bf16``, ``int8-static`` or ``int8-dynamic``
+            (OpenVINO), which must have been exported and validated into the folder.
         provider: ``auto``, ``cpu`` (ONNX Runtime), ``openvino``, ``cuda`` or ``tensorrt``. ``auto``: TensorRT >
             CUDA > ONNX Runtime CPU, and OpenVINO for its own precisions; ``provider_reason`` says why.
         max_length: truncate pairs to this many tokens (default: the model's own limit).
@@ -97,6 +106,11 @@ class CrossEncoder:
     ):
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
+        self.level: LevelChoice | None = None
+        if precision in LEVELS:
+            self.level = resolve_level(self.manifest, precision, provider, _machine())
+            precision, provider = self.level.precision, self.level.provider
+            logger.info("crossonnx: %s", self.level.reason)
         self.precision = precision
 
         usable = int(self.manifest.architecture.get("max_tokens", self.manifest.max_length))
@@ -136,6 +150,7 @@ class CrossEncoder:
             "model_dir": str(self.model_dir),
             "source": self.manifest.source,
             "precision": self.precision,
+            "level": self.level.to_dict() if self.level is not None else None,
             "provider": self.provider,
             "provider_reason": self.provider_reason,
             **self._engine.info(),

@@ -7,6 +7,7 @@ from typing import Any
 
 from crossonnx.engines import PROVIDERS
 from crossonnx.errors import InvalidOptionError
+from crossonnx.levels import LEVELS
 from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, LongDocuments
 from crossonnx.manifest import PRECISIONS
 from crossonnx.precisions import DEFAULT_PRECISION
@@ -25,7 +26,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
     if model_dir:
         parser.add_argument("model_dir", help="an exported model folder")
     parser.add_argument("--precision", default=DEFAULT_PRECISION,
-                        help=f"which exported precision to run: {', '.join(PRECISIONS)} (default {DEFAULT_PRECISION})")
+                        help=f"a quality level ({', '.join(LEVELS)}: the fastest variant here that meets it) or an "
+                             f"exported precision ({', '.join(PRECISIONS)}) (default {DEFAULT_PRECISION})")
     parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
                         help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
                              "ONNX Runtime CPU, OpenVINO for bf16 and its int8s (default auto)")

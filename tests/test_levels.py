@@ -410,3 +410,23 @@ def test_a_level_never_resolves_to_something_less_accurate(base, contents, machi
     if LEVEL_TABLE[choice.met].min_spearman is not None:
         assert agreement(parity) >= LEVEL_TABLE[choice.met].min_spearman
 
+
+
+def test_crossencoder_and_cli_take_a_level(tiny_exports, capsys):
+    """A level given to CrossEncoder (and the CLI) runs the variant the resolver picks, and info() says why."""
+    from crossonnx.cli import main
+    from crossonnx.encoder import CrossEncoder
+
+    folder = tiny_exports["bert"]
+    pairs = [("a query", "a passage about it"), ("another query", "something else entirely")]
+    for level in LEVELS:
+        model = CrossEncoder(folder, precision=level, threads=1)
+        chosen = model.info()["level"]
+        assert chosen["level"] == level and (model.precision, model.provider) == (chosen["precision"],
+                                                                                 chosen["provider"])
+        assert chosen["reason"].startswith(f"{level}:")
+        concrete = CrossEncoder(folder, precision=model.precision, provider=model.provider, threads=1)
+        assert model.predict(pairs).tolist() == concrete.predict(pairs).tolist()
+    assert CrossEncoder(folder, precision="fp32", threads=1).info()["level"] is None
+    assert main(["predict", str(folder), "--precision", "fast", "--threads", "1", "--pair", *pairs[0]]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["score"] <= 1.0
