@@ -23,7 +23,7 @@ from crossonnx import cpu
 from crossonnx.errors import PrecisionNotExportedError, ProviderUnavailableError
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest
 from crossonnx.parity import Parity
-from crossonnx.precisions import CPU, CUDA, OPENVINO, OPENVINO_BF16, PRECISIONS, TENSORRT
+from crossonnx.precisions import CPU, CUDA, LEVEL_VARIANTS, OPENVINO, OPENVINO_BF16, PRECISIONS, TENSORRT
 
 # From most to least accurate; a level falls back only towards the start of this tuple
 LEVELS = ("exact", "faithful", "fast")
@@ -46,21 +46,21 @@ class Level:
         return self.max_abs if activation != "identity" else self.max_abs_logits
 
 
-# The thresholds, written once. fp32 on ONNX Runtime's CPU provider and on OpenVINO with its f32 hint are the exact
-# engines (docs/openvino.md); fp32 on a GPU provider is left out (TF32 and other reductions), ``tune`` may add it.
+# The thresholds, written once; each level's variants come from the precision table. fp32 on ONNX Runtime's CPU
+# provider and on OpenVINO with its f32 hint are the exact engines (docs/openvino.md).
 LEVEL_TABLE: Mapping[str, Level] = {
     "exact": Level(
         "exact", "scores within 1e-5 of PyTorch fp32", max_abs=1e-5, max_abs_logits=1e-5, min_spearman=None,
-        variants=((CPU, "fp32"), (OPENVINO, "fp32")),
+        variants=LEVEL_VARIANTS["exact"],
     ),
     "faithful": Level(
         "faithful", "Spearman >= 0.9999 and max abs <= 0.01 against PyTorch fp32",
         max_abs=1e-2, max_abs_logits=1e-1, min_spearman=0.9999,
-        variants=((TENSORRT, "fp16"), (CUDA, "fp16"), (OPENVINO, "bf16")),
+        variants=LEVEL_VARIANTS["faithful"],
     ),
     "fast": Level(
         "fast", "Spearman >= 0.999 against PyTorch fp32", max_abs=None, max_abs_logits=None, min_spearman=0.999,
-        variants=((OPENVINO, "int8-static"), (OPENVINO, "int8-dynamic"), (CPU, "int8")),
+        variants=LEVEL_VARIANTS["fast"],
     ),
 }
 

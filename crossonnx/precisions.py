@@ -125,6 +125,13 @@ ROWS: tuple[Precision, ...] = (
 PRECISIONS: Mapping[str, Precision] = MappingProxyType({row.name: row for row in ROWS})
 # The precision the runtime runs unless told otherwise: the exact one, which the export also checks tokens with
 DEFAULT_PRECISION = "fp32"
+# Each quality level's variants, most preferred first, as (provider, precision); the levels' thresholds and their
+# resolution are in crossonnx/levels.py. fp32 on a GPU provider is not exact (TF32 and other reductions).
+LEVEL_VARIANTS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType({
+    "exact": ((CPU, "fp32"), (OPENVINO, "fp32")),
+    "faithful": ((TENSORRT, "fp16"), (CUDA, "fp16"), (OPENVINO, "bf16")),
+    "fast": ((OPENVINO, "int8-static"), (OPENVINO, "int8-dynamic"), (CPU, "int8")),
+})
 
 # Not a precision one asks for: the graph before ONNX Runtime's CPU fusions, kept for TensorRT (its contrib ops are
 # not TensorRT layers), which builds its fp32 and fp16 engines from it. ``export --tensorrt`` writes and validates it.

@@ -26,6 +26,7 @@ from crossonnx.bench.machine import cpu_info, library_versions
 from crossonnx.bench.report import speed_ratio
 from crossonnx.bench.workloads import WORKLOADS
 from crossonnx.metrics import spearman
+from crossonnx.precisions import DEFAULT_PRECISION
 
 WORKER = Path(__file__).with_name("worker.py")
 TORCH_ENGINES = ("st-torch-fp32", "st-torch-bf16")
@@ -89,7 +90,7 @@ def make_peer_dir(model: BenchModel, out: Path) -> Path:
     link = out / "model.onnx"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to((model.export_dir / manifest["precisions"]["fp32"]["file"]).resolve())
+    link.symlink_to((model.export_dir / manifest["precisions"][DEFAULT_PRECISION]["file"]).resolve())
     return out
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crossonnx.long_documents import LongDocuments
+from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.scale import ScaleError, require
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class RayScorer:
         self,
         model_dir: str | Path,
         *,
-        precision: str = "fp32",
+        precision: str = DEFAULT_PRECISION,
         provider: str = "cpu",
         threads: int | None = None,
         query_column: str = "query",
@@ -155,7 +156,7 @@ def score_dataset(
     ds: ray.data.Dataset,
     model_dir: str | Path,
     *,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     provider: str = "cpu",
     actors: int | tuple[int, int] = 1,
     cpus_per_actor: float = 1,
