@@ -32,14 +32,6 @@ WARMUP_FRACTION = 0.2
 GROWTH_TARGET = 0.05
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def requests(calls: int, seed: int) -> list[list[tuple[str, str]]]:
     """``calls`` requests of 1-16 pairs: a short query and a passage of 1-300 words, from STSb sentences."""
     from crossonnx.stsb import load_stsb
@@ -64,6 +56,7 @@ def soak_one(model_dir: str, provider: str, precision: str, bounded: bool, calls
              seed: int) -> dict[str, Any]:
     """Run in the child process: one long-lived CrossEncoder, RSS after each twentieth of the calls."""
     from crossonnx import CrossEncoder
+    from lab.streams import resident_mb
 
     if provider == "openvino" and not bounded:
         from crossonnx.engines import openvino as openvino_engine
@@ -79,15 +72,20 @@ def soak_one(model_dir: str, provider: str, precision: str, bounded: bool, calls
         pairs += len(request)
         if index % every == 0 or index == calls:
             samples.append({"calls": index, "seconds": round(time.perf_counter() - started, 2),
-                            "rss_mb": round(rss_mb(), 1)})
+                            "rss_mb": round(resident_mb(), 1)})
     seconds = time.perf_counter() - started
     return {"provider": provider, "precision": precision, "bounded": bounded, "calls": calls, "pairs": pairs,
             "pairs_per_second": round(pairs / seconds, 2), "samples": samples, "growth": growth(samples)}
 
 
+def warm_rss(samples: list[dict[str, Any]]) -> float:
+    """Resident memory at the end of warm-up (the first WARMUP_FRACTION of the calls)."""
+    return samples[max(0, int(len(samples) * WARMUP_FRACTION) - 1)]["rss_mb"]
+
+
 def growth(samples: list[dict[str, Any]]) -> float:
     """Relative RSS growth from the end of warm-up to the last sample."""
-    warm = samples[max(0, int(len(samples) * WARMUP_FRACTION) - 1)]["rss_mb"]
+    warm = warm_rss(samples)
     return round((samples[-1]["rss_mb"] - warm) / warm, 4)
 
 
@@ -140,7 +138,7 @@ def markdown(doc: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {r['provider']} | {r['precision']} | {cache} | error: {r['error']} | | | | |")
             continue
-        warm = r["samples"][max(0, int(len(r["samples"]) * WARMUP_FRACTION) - 1)]["rss_mb"]
+        warm = warm_rss(r["samples"])
         peer = unbounded.get((r["provider"], r["precision"]))
         ratio = f"{r['pairs_per_second'] / peer['pairs_per_second']:.3f}" if r["bounded"] and peer else "–"
         lines.append(f"| {r['provider']} | {r['precision']} | {cache} | {warm:.0f} | "

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # int8 dot products that accumulate u8 x s8 in int32 without the 16-bit intermediate of plain AVX2/AVX-512
-INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @cache
@@ -24,10 +24,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def has_bf16() -> bool:
-    return bool(cpu_flags() & BF16_FLAGS)
+    return not cpu_flags().isdisjoint(BF16_FLAGS)
 
 
 def has_int8_dot_product() -> bool:
     """False where int8 matmuls go through a saturating 16-bit sum (no VNNI, no AMX): static int8 then needs
     NNCF's overflow fix on every layer."""
-    return bool(cpu_flags() & INT8_DOT_FLAGS)
+    return not cpu_flags().isdisjoint(INT8_DOT_FLAGS)

@@ -6,6 +6,8 @@ import os
 import platform
 from importlib import metadata
 
+from crossonnx import cpu
+
 INTERESTING_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
     "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
@@ -15,8 +17,7 @@ LIBRARIES = (
     "onnx",
 )
 # The flags that decide which bf16 and int8 kernels run (OpenVINO defaults to bf16 where the CPU has bf16)
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16_FLAGS, INT8_FLAGS = cpu.BF16_FLAGS, cpu.INT8_DOT_FLAGS
 
 
 def cpu_info() -> dict[str, object]:
