@@ -1,7 +1,8 @@
 """Batch scoring at scale: `crossonnx score-file` and the Ray Data integration (needs the `scale` extra).
 
 Nothing here imports pyarrow or ray at import time: ``crossonnx.scale.files`` imports pyarrow only to read or
-write Parquet, and ``crossonnx.scale.ray_data`` imports ray when used.
+write Parquet, and ``crossonnx.scale.ray_data`` imports ray when used. ``crossonnx.scale.columns`` holds the column
+names, checks and predict options that score-file and the Spark integration share.
 """
 
 from __future__ import annotations

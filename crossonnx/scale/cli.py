@@ -15,20 +15,22 @@ input's format, columns and row order, and is written to a temporary file rename
 
 
 def _cmd_score_file(args: argparse.Namespace) -> int:
-    from crossonnx.encoder import CrossEncoder
-    from crossonnx.scale.files import Columns, score_file
+    from crossonnx.scale.columns import Columns, ScoreOptions
+    from crossonnx.scale.files import score_file
 
-    options = long_document_options(args)
-    encoder = CrossEncoder(args.model_dir, **runtime_kwargs(args))
+    scoring = ScoreOptions(**runtime_kwargs(args), batch_size=args.batch_size, raw_scores=args.raw_scores,
+                           long_documents=long_document_options(args))
+    options = scoring.long_documents
+    encoder = scoring.encoder(args.model_dir)
     result = score_file(
         encoder,
         args.input,
         args.out,
         fmt=args.format,
         columns=Columns(args.query_column, args.passage_column, args.score_column),
-        batch_size=args.batch_size,
+        batch_size=scoring.batch_size,
         chunk_rows=args.chunk_rows,
-        raw_scores=args.raw_scores,
+        raw_scores=scoring.raw_scores,
         overwrite=args.overwrite,
         progress=args.progress,
         long_documents=options,

@@ -27,24 +27,24 @@ import numpy as np
 
 from crossonnx.long_documents import LongDocuments
 from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS, ScaleError, require
+from crossonnx.scale.columns import (
+    Columns,
+    Pair,
+    ScoreOptions,
+    arrow_pairs,
+    check_arrow_schema,
+    check_names,
+    column_exists,
+    missing_column,
+    not_text,
+    score_array,
+    score_type,
+)
 
 if TYPE_CHECKING:
     from crossonnx.encoder import CrossEncoder
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-Pair = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The input's text columns and the output's score column."""
-
-    query: str = "query"
-    passage: str = "passage"
-    score: str = "score"
-
-    def flag(self, name: str) -> str:
-        return {self.query: "--query-column", self.passage: "--passage-column"}.get(name, "--score-column")
 
 
 @dataclass
@@ -149,27 +149,6 @@ class Chunk:
     position: int | None = None
 
 
-def _missing_column(path: Path, columns: Columns, name: str, present: list[str], where: str = "") -> ScaleError:
-    shown = ", ".join(repr(c) for c in present) or "none"
-    return ScaleError(
-        f"{path}{where}: no column {name!r}; the columns are: {shown}. Name the column to use with {columns.flag(name)}"
-    )
-
-
-def _score_exists(path: Path, columns: Columns) -> ScaleError:
-    return ScaleError(
-        f"{path} already has a column {columns.score!r}; name the output column with --score-column"
-    )
-
-
-def _not_text(path: Path, row: int, column: str, value: object, where: str = "") -> ScaleError:
-    kind = "null" if value is None else type(value).__name__
-    return ScaleError(
-        f"{path}: row {row}{where}: column {column!r} is {kind} ({value!r:.60}), expected a string; "
-        "every row needs a query and a passage text"
-    )
-
-
 class ParquetSource:
     """Record batches of ``chunk_rows`` rows from a Parquet file (one row group's data in memory at a time)."""
 
@@ -184,37 +163,12 @@ class ParquetSource:
         self.schema = self.file.schema_arrow
         self.total_rows = self.file.metadata.num_rows
         self.total_bytes = None
-        names = list(self.schema.names)
-        for name in (columns.query, columns.passage):
-            if name not in names:
-                raise _missing_column(path, columns, name, names)
-            kind = self.schema.field(name).type
-            if not self._is_text(kind):
-                raise ScaleError(
-                    f"{path}: column {name!r} holds {kind}, not strings; score-file scores text columns "
-                    f"(name others with {columns.flag(name)})"
-                )
-        if columns.score in names:
-            raise _score_exists(path, columns)
-
-    def _is_text(self, kind: Any) -> bool:
-        types = self.pa.types
-        if types.is_dictionary(kind):
-            kind = kind.value_type
-        return bool(
-            types.is_string(kind) or types.is_large_string(kind)
-            or (hasattr(types, "is_string_view") and types.is_string_view(kind))
-        )
+        check_arrow_schema(self.pa, path, columns, self.schema)
 
     def chunks(self) -> Iterator[Chunk]:
-        first = 0
+        first = 1
         for batch in self.file.iter_batches(batch_size=self.chunk_rows, use_threads=False):
-            queries = batch.column(self.columns.query).to_pylist()
-            passages = batch.column(self.columns.passage).to_pylist()
-            for name, texts in ((self.columns.query, queries), (self.columns.passage, passages)):
-                if None in texts:
-                    raise _not_text(self.path, first + texts.index(None) + 1, name, None)
-            yield Chunk(list(zip(queries, passages, strict=True)), batch)
+            yield Chunk(arrow_pairs(batch, self.columns, self.path, first), batch)
             first += batch.num_rows
 
     def close(self) -> None:
@@ -261,11 +215,11 @@ class JsonlSource(_TextSource):
                 )
             for name in (q, p):
                 if name not in row:
-                    raise _missing_column(self.path, self.columns, name, list(row), f" line {line_no}")
+                    raise missing_column(self.path, self.columns, name, list(row), f" line {line_no}")
                 if not isinstance(row[name], str):
-                    raise _not_text(self.path, count, name, row[name], where)
+                    raise not_text(self.path, count, name, row[name], where)
             if self.columns.score in row:
-                raise _score_exists(self.path, self.columns)
+                raise column_exists(self.path, self.columns)
             rows.append(row)
             pairs.append((row[q], row[p]))
             if len(rows) >= self.chunk_rows:
@@ -287,11 +241,7 @@ class CsvSource(_TextSource):
             raise ScaleError(f"{path} is empty: a CSV input needs a header row") from None
         except (UnicodeDecodeError, csv.Error) as exc:
             raise ScaleError(f"{path}: cannot read the CSV header ({exc})") from None
-        for name in (columns.query, columns.passage):
-            if name not in self.header:
-                raise _missing_column(path, columns, name, self.header)
-        if columns.score in self.header:
-            raise _score_exists(path, columns)
+        check_names(path, columns, self.header)
         self.q_index = self.header.index(columns.query)
         self.p_index = self.header.index(columns.passage)
 
@@ -318,7 +268,7 @@ class CsvSource(_TextSource):
                 where = f" (line {self.reader.line_num})"
                 if len(row) < width and len(row) <= max(self.q_index, self.p_index):
                     missing = self.header[self.q_index if len(row) <= self.q_index else self.p_index]
-                    raise _not_text(self.path, count, missing, None, where)
+                    raise not_text(self.path, count, missing, None, where)
                 raise ScaleError(
                     f"{self.path}: row {count}{where} has {len(row)} fields, the header has {width}"
                 )
@@ -355,16 +305,13 @@ class ParquetSink:
         pa, pq = source.pa, source.pq
         self.pa = pa
         self.labels = labels
-        kind = pa.float32() if labels == 1 else pa.list_(pa.float32(), labels)
-        self.schema = source.schema.append(pa.field(columns.score, kind))
+        self.schema = source.schema.append(pa.field(columns.score, score_type(pa, labels)))
         self.writer = pq.ParquetWriter(str(path), self.schema)
 
     def write(self, chunk: Chunk, scores: np.ndarray) -> None:
-        pa = self.pa
-        values = pa.array(np.ascontiguousarray(scores, dtype=np.float32).reshape(-1), type=pa.float32())
-        column = values if self.labels == 1 else pa.FixedSizeListArray.from_arrays(values, self.labels)
+        column = score_array(self.pa, scores, self.labels)
         batch = chunk.payload
-        self.writer.write_batch(pa.RecordBatch.from_arrays([*batch.columns, column], schema=self.schema))
+        self.writer.write_batch(self.pa.RecordBatch.from_arrays([*batch.columns, column], schema=self.schema))
 
     def close(self) -> None:
         self.writer.close()
@@ -447,17 +394,15 @@ def score_file(
     ``details["long_documents"]`` holds its fields and ``details["capped_rows"]`` counts the passages with more
     windows than ``max_chunks``.
     """
-    options = LongDocuments.of(long_documents)
     columns = columns or Columns()
     source = Path(source)
     out = Path(out) if out is not None else default_output(source)
     fmt = detect_format(source, fmt)
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ScaleError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ScaleError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if columns.score in (columns.query, columns.passage):
-        raise ScaleError(f"the score column {columns.score!r} would overwrite a text column; pick another name")
+    scoring = ScoreOptions(batch_size=batch_size, raw_scores=raw_scores, long_documents=long_documents)
+    options = scoring.long_documents
+    columns.check()
     out_suffix = out.suffix.lower()
     if out_suffix in EXTENSIONS and EXTENSIONS[out_suffix] != fmt:
         raise ScaleError(f"score-file writes the input's format ({fmt}); name the output {out.stem}.{fmt}")
@@ -468,7 +413,6 @@ def score_file(
     if out.is_dir():
         raise ScaleError(f"{out} is a folder; --out names the output file")
 
-    activation = "identity" if raw_scores else None
     started = time.perf_counter()
     reader = open_source(source, fmt, columns, chunk_rows)
     tmp: Path | None = None
@@ -481,14 +425,9 @@ def score_file(
         position = None
         try:
             for chunk in reader.chunks():
-                if options.mode == "chunk":
-                    details = encoder.predict_details(chunk.pairs, batch_size=batch_size, activation_fn=activation,
-                                                      long_documents=options)
-                    scores, capped = details.scores, capped + int(details.capped.sum())
-                else:
-                    scores = encoder.predict(chunk.pairs, batch_size=batch_size, activation_fn=activation,
-                                             long_documents=options)
-                sink.write(chunk, np.asarray(scores))
+                scored = scoring.score(encoder, chunk.pairs)
+                capped += scored.capped_count
+                sink.write(chunk, scored.scores)
                 rows += len(chunk.pairs)
                 position = chunk.position
                 bar.update(rows, position)
