@@ -75,8 +75,9 @@ class Columns:
 # ------------------------------------------------------------------------------------------------- errors
 
 
-def missing_column(where: Where, columns: Columns, name: str, present: list[str], at: str = "",
-                   cli: bool = True) -> ScaleError:
+def missing_column(
+    where: Where, columns: Columns, name: str, present: list[str], at: str = "", cli: bool = True
+) -> ScaleError:
     """Column ``name`` is not in the input: the columns present and the option to name another."""
     shown = ", ".join(repr(c) for c in present) or "none"
     return ScaleError(
@@ -88,9 +89,7 @@ def missing_column(where: Where, columns: Columns, name: str, present: list[str]
 def column_exists(where: Where, columns: Columns, name: str | None = None, cli: bool = True) -> ScaleError:
     """The input already has output column ``name`` (default: the score column)."""
     name = columns.score if name is None else name
-    return ScaleError(
-        f"{where} already has a column {name!r}; name the output column with {columns.flag(name, cli)}"
-    )
+    return ScaleError(f"{where} already has a column {name!r}; name the output column with {columns.flag(name, cli)}")
 
 
 def not_text(where: Where, row: int, column: str, value: object, at: str = "") -> ScaleError:
@@ -129,13 +128,15 @@ def is_arrow_text(pa: ModuleType, kind: Any) -> bool:
     if types.is_dictionary(kind):
         kind = kind.value_type
     return bool(
-        types.is_string(kind) or types.is_large_string(kind)
+        types.is_string(kind)
+        or types.is_large_string(kind)
         or (hasattr(types, "is_string_view") and types.is_string_view(kind))
     )
 
 
-def check_arrow_schema(pa: ModuleType, where: Where, columns: Columns, schema: Any, details: bool = False,
-                       cli: bool = True) -> None:
+def check_arrow_schema(
+    pa: ModuleType, where: Where, columns: Columns, schema: Any, details: bool = False, cli: bool = True
+) -> None:
     """``check_names`` plus: both text columns hold strings."""
     names = list(schema.names)
     for name in (columns.query, columns.passage):
@@ -224,9 +225,11 @@ class ScoreOptions:
         """``predict`` over ``pairs`` with these options (``predict_details`` in chunk mode, for the capped rows)."""
         options = self.long_documents
         if options.mode == "chunk":
-            details = encoder.predict_details(pairs, batch_size=self.batch_size, activation_fn=self.activation,
-                                              long_documents=options)
+            details = encoder.predict_details(
+                pairs, batch_size=self.batch_size, activation_fn=self.activation, long_documents=options
+            )
             return Scored(np.asarray(details.scores, dtype=np.float32), details.chunks, details.capped)
-        scores = encoder.predict(pairs, batch_size=self.batch_size, activation_fn=self.activation,
-                                 long_documents=options)
+        scores = encoder.predict(
+            pairs, batch_size=self.batch_size, activation_fn=self.activation, long_documents=options
+        )
         return Scored(np.asarray(scores, dtype=np.float32))
