@@ -30,10 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Extras for working on crossonnx itself, not for users; the README names the rest.
 DEVELOPMENT_EXTRAS = frozenset({"bench", "test"})
 
-_RUN_CLI = (
-    "import site, sys; site.addsitedir(sys.argv.pop(1)); sys.path.insert(0, sys.argv.pop(1)); "
-    "from crossonnx.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+# argv: VIEW ROOT ARGS...: the view's packages and this checkout's crossonnx on the path, then ARGS
+_BOOT = "import site, sys; site.addsitedir(sys.argv.pop(1)); sys.path.insert(0, sys.argv.pop(1))\n"
+_RUN_CLI = _BOOT + "from crossonnx.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def project_extras() -> dict[str, list[str]]:
@@ -121,6 +120,16 @@ def run_cli(view: Path, *args: str, timeout: float = 600, env: dict[str, str] | 
     environ.pop("PYTHONPATH", None)
     return subprocess.run(
         [sys.executable, "-S", "-c", _RUN_CLI, str(view), str(ROOT), *args],
+        capture_output=True, text=True, timeout=timeout, env=environ, check=False,
+    )
+
+
+def run_python(view: Path, code: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` in a process that sees only ``view``'s packages (and this checkout's crossonnx)."""
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    environ.pop("PYTHONPATH", None)
+    return subprocess.run(
+        [sys.executable, "-S", "-c", _BOOT + code, str(view), str(ROOT), *args],
         capture_output=True, text=True, timeout=timeout, env=environ, check=False,
     )
 

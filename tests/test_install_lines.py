@@ -28,12 +28,27 @@ from extras import (
     project_extras,
     readme_install_lines,
     run_cli,
+    run_python,
 )
 from installed import expected_default_precisions
 from pairs import RANDOM_WEIGHT_GATES
 
 LINES = readme_install_lines()
 PAIR = ("how many people live in berlin", "Berlin has 3.7 million inhabitants.")
+# The Spark entry point as far as it goes without a Spark session: past its imports (pyspark and what Spark's Arrow
+# path needs on the driver) to its first check of the arguments; exit 2 with the message when an extra is missing.
+SPARK_CALL = """
+import sys
+from crossonnx.errors import MissingExtraError, ScaleError
+from crossonnx.scale.spark import score_dataframe
+try:
+    score_dataframe([], sys.argv[1])
+except MissingExtraError as exc:
+    print(f"crossonnx: {exc}", file=sys.stderr)
+    sys.exit(2)
+except ScaleError as exc:
+    print(exc)
+"""
 
 
 def install_line(extra: str) -> str:
@@ -80,6 +95,8 @@ def test_the_line_closures_are_what_pyproject_says():
         assert heavy not in base, heavy
     assert {"torch", "openvino", "nncf"} <= closure(frozenset({"export"}))  # every export builds OpenVINO's variants
     assert "starlette" in closure(frozenset({"serve"})) and "pyarrow" in closure(frozenset({"scale"}))
+    spark = closure(frozenset({"spark"}))
+    assert "pyspark" in spark and not {"torch", "ray", "openvino"} & spark
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +211,14 @@ def test_each_install_line_runs_its_commands_and_refuses_the_others(line, views,
     else:
         assert_needs(run_cli(view, "serve", str(model), "--port", "1"), "serve")
 
+    # Spark DataFrames
+    spark = run_python(view, SPARK_CALL, str(model))
+    if "pyspark" in installed:
+        assert_ok(spark)
+        assert "takes a pyspark.sql.DataFrame" in spark.stdout, spark.stdout + spark.stderr
+    else:
+        assert_needs(spark, "spark")
+
     # Parquet
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -212,6 +237,7 @@ def test_each_install_line_runs_its_commands_and_refuses_the_others(line, views,
 def test_import_crossonnx_and_every_command_module_on_the_base_line(views):
     """``import crossonnx`` and every module the CLI registers import with the base install alone."""
     modules = ["crossonnx", "crossonnx.cli", "crossonnx.serve.cli", "crossonnx.scale.cli", "crossonnx.scale",
+               "crossonnx.scale.spark",
                "crossonnx.exporter", "crossonnx.verify", "crossonnx.registry", "crossonnx.encoder"]
     script = ("import importlib, site, sys; site.addsitedir(sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
               "[importlib.import_module(m) for m in sys.argv[3:]]; from crossonnx import CrossEncoder")
