@@ -1,6 +1,7 @@
 """The scale-out benchmark behind benchmarks/results/scale_out.{json,md}.
 
-    python benchmarks/scale_out.py            # about 8 minutes on 2 cores (needs the `scale` and `export` extras)
+    python benchmarks/scale_out.py            # about 10 minutes on 2 cores (the `scale`, `spark` and `export` extras,
+                                              # and a Java runtime for Spark; --no-spark leaves Spark out)
     python benchmarks/scale_out.py --quick    # smoke run (under a minute); writes to .cache/scale_out/
 
 What it measures, on one machine, with a small fast model (the test suite's tiny BERT by default, exported once
@@ -10,8 +11,10 @@ and short query-passage pairs (2-6 word queries, one STSb sentence as the passag
 1. pairs/s on a file of --rows pairs (100k) for: `CrossEncoder.predict` on the pairs already in memory;
    `crossonnx score-file` on Parquet, JSONL and CSV (the whole process, and its scoring loop alone); and the Ray
    Data path (read_parquet -> score_dataset -> write_parquet on a local cluster of --threads CPUs, as
-   --threads 1-CPU actors and as one --threads-CPU actor), end to end and after the job's fixed cost
-   (starting actors, loading the model), so the overhead of each engine over predict is known;
+   --threads 1-CPU actors and as one --threads-CPU actor); and Spark in local mode (read.parquet of the same rows
+   in 16 files -> score_dataframe -> write.parquet, as --threads 1-CPU task slots and as one --threads-CPU slot),
+   each end to end and after the job's fixed cost (starting actors or Python workers, loading the model), so the
+   overhead of each engine over predict is known;
 2. peak memory (VmHWM) of `crossonnx score-file` on --big-rows (1M) rows against --rows rows, per format in
    --memory-formats: memory independent of file size. Every process runs with the same --threads.
 """
@@ -36,9 +39,10 @@ from crossonnx.versions import library_versions
 from lab.machine import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("crossonnx", "numpy", "onnxruntime", "tokenizers", "pyarrow", "ray", "pandas")
+LIBRARIES = ("crossonnx", "numpy", "onnxruntime", "tokenizers", "pyarrow", "ray", "pandas", "pyspark")
 ROW_GROUP = 65_536
-SMALL_ROWS = 200  # the Ray job that measures the fixed cost per job
+SMALL_ROWS = 200  # the Ray and Spark jobs that measure the fixed cost per job
+SPARK_FILES = 16  # Spark reads the pairs as a folder of Parquet files (its usual input), packed into task partitions
 
 # A child process: runs one measurement and prints a JSON line. VmHWM is the peak resident set of this process.
 CHILD = r"""
@@ -126,6 +130,47 @@ print(json.dumps(results))
 """
 
 
+# One Spark layout in a fresh local session: the first job on the big input is cold (Python workers start, import
+# crossonnx and load the model), then the same job and the small one run on warm workers that kept their model.
+SPARK_CHILD = r"""
+import json, os, sys, time, tempfile
+args = json.loads(sys.argv[1])
+os.environ["PYSPARK_PYTHON"] = sys.executable  # the Python workers run this interpreter (this environment's packages)
+t0 = time.perf_counter()
+from pyspark.sql import SparkSession
+import pyarrow.parquet as pq
+from crossonnx.scale.spark import score_dataframe
+
+slots, cpus = args["slots"], args["cpus_per_task"]
+spark = (SparkSession.builder.master(f"local[{slots * cpus}]").appName("crossonnx-scale-out")
+         .config("spark.task.cpus", str(cpus)).config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false").config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1").config("spark.local.dir", args["work"])
+         .getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+results = {"session_start_s": time.perf_counter() - t0}
+
+def job(path, out_dir):
+    t = time.perf_counter()
+    scored = score_dataframe(spark.read.parquet(path), args["model"], precision=args["precision"], provider="cpu",
+                             batch_size=args["batch_size"])
+    scored.write.mode("overwrite").parquet(out_dir)
+    seconds = time.perf_counter() - t
+    rows = sum(pq.ParquetFile(os.path.join(out_dir, f)).metadata.num_rows
+               for f in os.listdir(out_dir) if f.endswith(".parquet"))
+    return seconds, rows
+
+with tempfile.TemporaryDirectory(dir=args["work"]) as tmp:
+    cold, rows = job(args["big"], os.path.join(tmp, "cold"))
+    warm, warm_rows = job(args["big"], os.path.join(tmp, "warm"))
+    fixed, _ = job(args["small"], os.path.join(tmp, "small"))
+results.update(cold_s=cold, warm_s=warm, fixed_s=fixed, rows=rows, warm_rows=warm_rows,
+               partitions=spark.read.parquet(args["big"]).rdd.getNumPartitions())
+spark.stop()
+print(json.dumps(results))
+"""
+
+
 def log(message: str) -> None:
     print(f"[scale_out] {message}", file=sys.stderr, flush=True)
 
@@ -142,8 +187,8 @@ def child(mode: str, args: dict[str, Any], timeout: float = 1800) -> dict[str, A
     return result
 
 
-def run_session(command: list[str], timeout: float) -> str:
-    """Run ``command`` in its own session; on timeout kill the whole group (Ray's raylet and workers too)."""
+def run_session(command: list[str], timeout: float, label: str = "Ray") -> str:
+    """Run ``command`` in its own session; on timeout kill the whole group (Ray's raylet, Spark's JVM, workers)."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
@@ -151,9 +196,9 @@ def run_session(command: list[str], timeout: float) -> str:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise RuntimeError(f"the Ray run took over {timeout:.0f} s and was killed") from None
+        raise RuntimeError(f"the {label} run took over {timeout:.0f} s and was killed") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"the Ray run failed ({proc.returncode}):\n{err[-3000:]}")
+        raise RuntimeError(f"the {label} run failed ({proc.returncode}):\n{err[-3000:]}")
     return out
 
 
@@ -237,6 +282,23 @@ def write_inputs(folder: Path, rows: int, formats: list[str]) -> dict[str, Path]
 # ------------------------------------------------------------------------------------------------- runs
 
 
+def write_parts(folder: Path, source: Path, files: int) -> Path:
+    """``source``'s rows split into ``files`` Parquet files of a folder (cached), in order."""
+    import pyarrow.parquet as pq
+
+    out = folder / f"{source.stem}-{files}-files"
+    if out.is_dir():
+        return out
+    table = pq.read_table(source)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    step = -(-table.num_rows // files)
+    for index in range(files):
+        pq.write_table(table.slice(index * step, step), tmp / f"part-{index:03d}.parquet")
+    os.replace(tmp, out)
+    return out
+
+
 def run_score_file(model: Path, src: Path, fmt: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = work / f"out.{fmt}"
     result = child("score-file", {"argv": [
@@ -265,12 +327,15 @@ def main() -> None:
     parser.add_argument("--ray-batch", type=int, default=1024, help="rows per map_batches call")
     parser.add_argument("--block-mb", type=float, default=1.0, help="Ray Data target_max_block_size (MiB)")
     parser.add_argument("--ray-timeout", type=float, default=900, help="seconds before the Ray run is killed")
+    parser.add_argument("--no-spark", action="store_true", help="leave Spark out (no pyspark or Java here)")
+    parser.add_argument("--spark-timeout", type=float, default=900, help="seconds before a Spark run is killed")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "scale_out"))
     parser.add_argument("--out", help="results path without extension (default: benchmarks/results/scale_out)")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.big_rows = 5_000, 20_000
         args.ray_timeout = min(args.ray_timeout, 300)
+        args.spark_timeout = min(args.spark_timeout, 300)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out_base = Path(args.out) if args.out else (
@@ -323,6 +388,27 @@ def main() -> None:
             "fixed_s": run["fixed_s"], "layout": f"{run['actors']} x {run['cpus_per_actor']} CPU",
             "peak_rss_mb": None,
         })
+    spark_runs: list[dict[str, Any]] = []
+    if not args.no_spark:
+        parts = write_parts(data, inputs["parquet"], SPARK_FILES)
+        layouts = [[args.threads, 1]] if args.quick else [[args.threads, 1], [1, args.threads]]
+        log(f"Spark local mode: {layouts} (task slots, CPUs each), a session each")
+        for slots, cpus in layouts:
+            spark_args = {**common, "slots": slots, "cpus_per_task": cpus, "small": str(small), "big": str(parts),
+                          "work": str(work), "batch_size": args.batch_size}
+            out = run_session([sys.executable, "-c", SPARK_CHILD, json.dumps(spark_args)], timeout=args.spark_timeout,
+                              label="Spark")
+            run = json.loads(out.strip().splitlines()[-1])
+            if run["rows"] != args.rows or run["warm_rows"] != args.rows:
+                raise RuntimeError(f"Spark wrote {run['rows']} and {run['warm_rows']} rows, expected {args.rows}")
+            spark_runs.append({"slots": slots, "cpus_per_task": cpus, **run})
+            throughput.append({
+                "engine": f"Spark local mode, {slots} task slot(s) x {cpus} CPU (parquet)",
+                "rows": args.rows, "wall_s": run["cold_s"], "pairs_per_s": rate(args.rows, run["cold_s"]),
+                "steady_pairs_per_s": rate(args.rows - SMALL_ROWS, run["warm_s"] - run["fixed_s"]),
+                "fixed_s": run["fixed_s"], "first_job_s": run["cold_s"] - run["warm_s"],
+                "layout": f"{slots} x {cpus} CPU", "peak_rss_mb": None,
+            })
     for row in throughput:
         row["vs_predict"] = row["pairs_per_s"] / base_rate
         row["steady_vs_predict"] = row["steady_pairs_per_s"] / base_rate
@@ -346,11 +432,14 @@ def main() -> None:
         "config": {
             "model": str(model.name), "architecture": manifest.get("architecture"), "precision": args.precision,
             "threads": args.threads, "batch_size": args.batch_size, "chunk_rows": DEFAULT_CHUNK_ROWS,
-            "ray_rows_per_batch": args.ray_batch, "ray_block_mb": args.block_mb, "rows": args.rows,
+            "ray_rows_per_batch": args.ray_batch, "ray_block_mb": args.block_mb, "spark_files": SPARK_FILES,
+            "rows": args.rows,
             "big_rows": args.big_rows, "pairs": "query: 2-6 words of an STSb sentence; passage: one STSb sentence",
         },
         "process_floor": {"peak_rss_mb": floor["peak_rss_mb"], "process_s": floor["process_wall_s"]},
         "ray_cluster_start_s": ray_result["cluster_start_s"],
+        "spark": [{"layout": f"{r['slots']} x {r['cpus_per_task']} CPU", "session_start_s": r["session_start_s"],
+                   "partitions": r["partitions"]} for r in spark_runs],
         "throughput": throughput,
         "memory": memory,
         "elapsed_s": time.perf_counter() - started,
@@ -367,8 +456,8 @@ def markdown(doc: dict[str, Any]) -> str:
     arch = cfg["architecture"] or {}
     libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
     lines = [
-        "# Scale-out: score-file and Ray Data against in-process predict" + (" (QUICK smoke run)" if doc["quick"]
-                                                                              else ""),
+        "# Scale-out: score-file, Ray Data and Spark against in-process predict"
+        + (" (QUICK smoke run)" if doc["quick"] else ""),
         "",
         f"CPU: {describe_cpu(env['cpu'])}  ",
         f"Libraries: {libs}  ",
@@ -376,16 +465,19 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{arch.get('hidden_size')}), {cfg['precision']}, {cfg['threads']} threads per process "
         f"(Ray: the actors hold {cfg['threads']} CPUs; the local cluster has one more logical CPU for Ray Data's "
         f"list, read and write tasks, on the same {env['cpu']['cpus']} cores), batch size {cfg['batch_size']}, Ray "
-        f"batches of {cfg['ray_rows_per_batch']} rows, blocks of at most {cfg['ray_block_mb']:g} MiB. "
-        f"Pairs: {cfg['pairs']}.",
+        f"batches of {cfg['ray_rows_per_batch']} rows, blocks of at most {cfg['ray_block_mb']:g} MiB; Spark: "
+        f"local mode with {cfg['threads']} cores, the pairs in {cfg.get('spark_files', SPARK_FILES)} Parquet files, "
+        f"Arrow batches of Spark's default 10,000 rows, a model per Python worker. Pairs: {cfg['pairs']}.",
         "",
         f"## Throughput, {cfg['rows']:,} pairs",
         "",
         "*end to end* is rows / wall time of the whole job: for score-file the process (interpreter start, model "
         "load, read, score, write); for Ray the job from `read_parquet` to `write_parquet` (actor start and model "
-        f"load included; cluster start, {doc['ray_cluster_start_s']:.1f} s, and a warm-up job not). *steady* "
-        "leaves out the fixed cost: for score-file its own timing of the read-score-write loop (after start-up and "
-        "model load), for Ray the marginal rate over the same job on 200 rows.",
+        f"load included; cluster start, {doc['ray_cluster_start_s']:.1f} s, and a warm-up job not); for Spark the "
+        "first job of a new session from `read.parquet` to `write.parquet` (Python workers' start and model load "
+        "included, the session's start not). *steady* leaves out the fixed cost: for score-file its own timing of "
+        "the read-score-write loop (after start-up and model load), for Ray the marginal rate over the same job on "
+        "200 rows, for Spark the same on warm workers (which keep their model from job to job).",
         "",
         "| engine | wall s | end to end pairs/s | vs predict | steady pairs/s | vs predict | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -394,10 +486,18 @@ def markdown(doc: dict[str, Any]) -> str:
         rss = "-" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']:.0f}"
         lines.append(f"| {t['engine']} | {t['wall_s']:.1f} | {t['pairs_per_s']:,.0f} | {t['vs_predict']:.2f} | "
                      f"{t['steady_pairs_per_s']:,.0f} | {t['steady_vs_predict']:.2f} | {rss} |")
-    ray_fixed = [t for t in doc["throughput"] if "fixed_s" in t]
+    ray_fixed = [t for t in doc["throughput"] if "fixed_s" in t and t["engine"].startswith("Ray")]
     if ray_fixed:
         lines += ["", "Ray fixed cost per job (the job on 200 rows: actor start, model load, read, write): "
                   + ", ".join(f"{t['layout']}: {t['fixed_s']:.1f} s" for t in ray_fixed) + "."]
+    spark_fixed = [t for t in doc["throughput"] if "first_job_s" in t]
+    if spark_fixed:
+        starts = {s["layout"]: s for s in doc.get("spark", [])}
+        lines += ["", "Spark fixed costs: " + "; ".join(
+            f"{t['layout']}: session start {starts[t['layout']]['session_start_s']:.1f} s, the first job's extra "
+            f"(Python workers start and load the model, the JVM warms up) {t['first_job_s']:.1f} s, every job "
+            f"(200 rows on warm workers) {t['fixed_s']:.1f} s, {starts[t['layout']]['partitions']} partitions"
+            for t in spark_fixed) + "."]
     lines += [
         "",
         f"## score-file peak memory: {cfg['big_rows']:,} rows against {cfg['rows']:,}",
