@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from crossonnx.runtime_args import (
 )
 from crossonnx.scale.cli import register as register_score_file
 from crossonnx.serve.cli import register as register_serve
+from crossonnx.tune import DEFAULT_SECONDS, DEFAULT_WORKLOAD, WORKLOADS
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -215,6 +217,28 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from crossonnx.levels import Machine
+    from crossonnx.manifest import load_manifest
+    from crossonnx.tune import choices, table, tune
+
+    manifest = load_manifest(args.model_dir)  # a bad folder fails before anything is measured
+    result = tune(args.model_dir, seconds=args.seconds, threads=args.threads,
+                  log=lambda message: print(message, file=sys.stderr))
+    identity = result.identity
+    print(f"{args.model_dir}: {len(result.variants)} variants measured in {result.seconds:.0f} s on {identity['cpu']}, "
+          f"{result.threads} threads")
+    print("pairs/s: query-passage pairs at the best token budget tried (budget); p50 ms: one pair per call; max abs "
+          "diff, Spearman: agreement with PyTorch fp32 recorded at export; level: the most accurate it meets")
+    for line in table(manifest, result, args.workload):
+        print(line)
+    print(f"choice for {args.workload} (* the fastest variant):")
+    for level, chosen in choices(manifest, result, args.workload, Machine.probe()).items():
+        print(f"  {level:9s} {chosen}")
+    print(f"stored: {result.path}")
+    return 0
+
+
 def _cmd_providers(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
@@ -241,6 +265,13 @@ def _cmd_providers(args: argparse.Namespace) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most pairs per model call (TensorRT profile; default {DEFAULT_MAX_BATCH})")
     p.add_argument("--device-id", type=int, default=0)
     p.set_defaults(run=_cmd_warmup)
+
+    p = sub.add_parser("tune", help="measure every variant of a model folder on this machine; levels and "
+                                    "provider='auto' then pick the fastest")
+    p.add_argument("model_dir")
+    p.add_argument("--workload", default=DEFAULT_WORKLOAD, choices=WORKLOADS,
+                   help="what the printed choice optimizes: pairs/s, or p50 of one-pair calls (both are stored; "
+                        f"CrossEncoder's workload argument picks which one it follows; default {DEFAULT_WORKLOAD})")
+    p.add_argument("--seconds", type=_positive_float, default=DEFAULT_SECONDS,
+                   help=f"about how long to measure in all, loading included (default {DEFAULT_SECONDS:g})")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads (default: all CPUs; a result is used by encoders with the same count)")
+    p.set_defaults(run=_cmd_tune)
 
     p = sub.add_parser("providers", help="the execution providers here and what provider='auto' picks")
     p.set_defaults(run=_cmd_providers)

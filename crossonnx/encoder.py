@@ -24,6 +24,7 @@ from crossonnx.manifest import load_manifest
 from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.scoring import ACTIVATION_FNS, Activation, ScoreFn, resolve_activation, softmax
 from crossonnx.tokenization import PairTokenizer
+from crossonnx.tune import DEFAULT_WORKLOAD, SPEED_UNITS, TuneResult, check_workload, load_tuned
 
 logger = logging.getLogger("crossonnx")
 
@@ -91,6 +92,10 @@ class CrossEncoder:
             OpenVINO, measured); ``None``: no budget, batches of ``batch_size`` rows.
         max_batch: most rows per model call on a GPU (the TensorRT profile's bound).
         device_id: the GPU, for ``cuda`` and ``tensorrt``.
+        workload: where ``crossonnx tune`` measured this folder on this machine (same CPU, threads and library
+            versions), the measurement a level, ``provider="auto"`` and ``token_budget="auto"`` follow:
+            ``"throughput"`` (default: pairs/s) or ``"latency"`` (p50 of one-pair calls); ``None`` ignores it.
+            Without one, the static rules decide (``info()["tuned"]`` is None).
     """
 
     def __init__(
@@ -103,12 +108,21 @@ class CrossEncoder:
         token_budget: int | Literal["auto"] | None = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
         device_id: int = 0,
+        workload: Literal["throughput", "latency"] | None = DEFAULT_WORKLOAD,
     ):
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
+        self.threads = threads if threads is not None else default_threads()
+        self.workload = None if workload is None else check_workload(workload)
+        self.tuned: TuneResult | None = None if workload is None else load_tuned(self.manifest, self.threads)
+        tuned_for = self.workload or DEFAULT_WORKLOAD
+        if self.tuned is not None:
+            logger.info("crossonnx: tuned for %s on this machine (%s)", tuned_for, self.tuned.path)
         self.level: LevelChoice | None = None
         if precision in LEVELS:
-            self.level = resolve_level(self.manifest, precision, provider, _machine())
+            speeds = self.tuned.speeds(tuned_for) if self.tuned is not None else None
+            self.level = resolve_level(self.manifest, precision, provider, _machine(), speeds=speeds,
+                                       speed_unit=SPEED_UNITS[tuned_for])
             precision, provider = self.level.precision, self.level.provider
             logger.info("crossonnx: %s", self.level.reason)
         self.precision = precision
@@ -127,16 +141,24 @@ class CrossEncoder:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         self.max_batch = max_batch
 
-        choice = resolve_provider(provider, precision=precision)
-        self.provider, self.provider_reason = choice.provider, choice.reason
+        tuned = None
+        if provider == "auto" and self.tuned is not None:
+            tuned = self.tuned.provider_for(precision, tuned_for, _machine())
+        if tuned is not None:
+            self.provider, self.provider_reason = tuned
+        else:
+            choice = resolve_provider(provider, precision=precision)
+            self.provider, self.provider_reason = choice.provider, choice.reason
         if provider == "auto":
             logger.info("crossonnx: provider 'auto' picked %s (%s)", self.provider, self.provider_reason)
-        self.threads = threads if threads is not None else default_threads()
         self._engine = open_engine(
             self.model_dir, self.manifest, precision, self.provider,
             threads=self.threads, max_batch=self.max_batch, max_length=self.max_length, device_id=device_id,
         )
-        self.token_budget: int | None = self._engine.token_budget if token_budget == "auto" else token_budget
+        measured = self.tuned.variant(self.provider, self.precision) if self.tuned is not None else None
+        if token_budget == "auto":
+            token_budget = measured.token_budget if measured is not None else self._engine.token_budget
+        self.token_budget: int | None = token_budget
         self._tokenizer = PairTokenizer(
             self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer, self.max_length,
             self._engine.input_names,
@@ -151,6 +173,8 @@ class CrossEncoder:
             "source": self.manifest.source,
             "precision": self.precision,
             "level": self.level.to_dict() if self.level is not None else None,
+            "tuned": None if self.tuned is None else {
+                "workload": self.workload, "file": str(self.tuned.path), "measured": self.tuned.measured},
             "provider": self.provider,
             "provider_reason": self.provider_reason,
             **self._engine.info(),

@@ -8,9 +8,10 @@ providers). A level the folder cannot meet here falls back to the next more accu
 exact), and the choice's ``reason`` says so; never to a less accurate one. docs/precisions.md ("How levels are
 decided") explains the measure.
 
-Without measured speeds the choice follows a static preference per level; ``speeds`` (variant key
-``"provider/precision"`` -> pairs/s, as a later ``tune`` step measures them) picks the fastest qualifying variant
-instead. Nothing heavy at import: onnxruntime and openvino are imported only by ``Machine.probe()``.
+Without measured speeds the choice follows a static preference per level (``basis`` "static rule"); ``speeds``
+(variant key ``"provider/precision"`` -> a speed, higher is faster, as ``crossonnx tune`` measures them:
+crossonnx/tune.py) picks the fastest qualifying variant instead (``basis`` "tuned"). Nothing heavy at import:
+onnxruntime and openvino are imported only by ``Machine.probe()``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from crossonnx.precisions import CPU, CUDA, LEVEL_VARIANTS, OPENVINO, OPENVINO_B
 
 # From most to least accurate; a level falls back only towards the start of this tuple
 LEVELS = ("exact", "faithful", "fast")
+# What decided a choice among the qualifying variants: measured speeds, or each level's order of preference
+TUNED, STATIC_RULE = "tuned", "static rule"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 
 
@@ -112,6 +115,7 @@ class LevelChoice:
     provider: str
     precision: str
     reason: str
+    basis: str = STATIC_RULE  # TUNED: measured speeds chose among the qualifying variants
 
     @property
     def fell_back(self) -> bool:
@@ -119,7 +123,7 @@ class LevelChoice:
 
     def to_dict(self) -> dict[str, str]:
         return {"level": self.level, "met": self.met, "provider": self.provider, "precision": self.precision,
-                "reason": self.reason}
+                "basis": self.basis, "reason": self.reason}
 
 
 def variant_key(provider: str, precision: str) -> str:
@@ -178,13 +182,14 @@ def resolve_level(
     provider: str = "auto",
     machine: Machine | None = None,
     speeds: Mapping[str, float] | None = None,
+    speed_unit: str = "pairs/s",
 ) -> LevelChoice:
     """A level -> the (provider, precision) that meets it, or a more accurate level, here; or a clear error.
 
     ``provider``: ``"auto"``, or a provider name that the choice must use. ``machine`` defaults to
     ``Machine.probe()``. ``speeds`` (``variant_key`` -> pairs/s) chooses the fastest measured variant that meets the
     level, from its own variants and those of the more accurate levels; without it (or where it measured none of
-    them) each level's static preference order decides.
+    them) each level's static preference order decides. ``speed_unit`` names what a speed counts, for the reason.
     """
     if level not in LEVEL_TABLE:
         raise ValueError(f"unknown level {level!r}; use one of: {', '.join(LEVELS)}")
@@ -206,7 +211,7 @@ def resolve_level(
         measured = [v for v in qualified if variant_key(*v) in speeds]
         if measured:
             best = max(measured, key=lambda v: speeds[variant_key(*v)])
-            how = f"the fastest measured variant that meets it ({speeds[variant_key(*best)]:.4g} pairs/s)"
+            how = f"the fastest measured variant that meets it ({speeds[variant_key(*best)]:.4g} {speed_unit})"
             if best not in own:
                 owner = next(lvl for lvl in LEVELS if best in LEVEL_TABLE[lvl].variants)
                 how += f", an {owner} variant" if owner[0] in "aeiou" else f", a {owner} variant"
@@ -224,7 +229,7 @@ def resolve_level(
         if current != level:
             reason += f"; fell back to {current} because " + "; ".join(notes)
         reason += f" ({_recorded(manifest, precision)})"
-        return LevelChoice(level, current, provider_, precision, reason)
+        return LevelChoice(level, current, provider_, precision, reason, TUNED if measured else STATIC_RULE)
     exported = ", ".join(sorted(manifest.precisions)) or "none"
     raise PrecisionNotExportedError(
         f"no exported precision meets level {level!r} or a more accurate one here: " + "; ".join(notes)

@@ -289,7 +289,9 @@ def test_measured_speeds_pick_the_fastest_qualifying_variant(base):
     # bf16 meets fast too; where it is the fastest, tune's speeds choose it for fast (not a fallback)
     choice = resolve_level(full, "fast", machine=FULL, speeds={**speeds, "openvino/bf16": 400.0})
     assert chosen(choice) == ("fast", "openvino", "bf16") and "fell back" not in choice.reason
-    assert "400 pairs/s" in choice.reason
+    assert "400 pairs/s" in choice.reason and choice.basis == "tuned"
+    latency = resolve_level(full, "fast", machine=FULL, speeds=speeds, speed_unit="batch-1 calls/s")
+    assert "300 batch-1 calls/s" in latency.reason
     # a faster variant that does not qualify, or does not run here, is never chosen
     poor = folder(base, fp32=EXACT, bf16=BF16, int8=INT8_POOR)
     assert chosen(resolve_level(poor, "fast", machine=FULL, speeds=speeds)) == ("fast", "openvino", "bf16")
@@ -301,8 +303,8 @@ def test_measured_speeds_pick_the_fastest_qualifying_variant(base):
     ov = resolve_level(full, "exact", machine=FULL, speeds={"openvino/fp32": 150.0, "cpu/fp32": 121.0})
     assert chosen(ov) == ("exact", "openvino", "fp32")
     # speeds naming none of the qualifying variants: the static order
-    assert chosen(resolve_level(full, "fast", machine=FULL, speeds={"cuda/fp16": 1e4})) == (
-        "fast", "openvino", "int8-static")
+    static = resolve_level(full, "fast", machine=FULL, speeds={"cuda/fp16": 1e4})
+    assert chosen(static) == ("fast", "openvino", "int8-static") and static.basis == "static rule"
 
 
 def test_a_named_provider_constrains_the_choice(base):
@@ -339,7 +341,7 @@ def test_the_thresholds_are_ordered_and_the_choice_is_printable(base):
     assert spearmans == sorted(spearmans, reverse=True)
     choice = resolve_level(everything(base), "faithful", machine=FULL)
     assert choice.to_dict() == {"level": "faithful", "met": "faithful", "provider": "openvino", "precision": "bf16",
-                                "reason": choice.reason}
+                                "basis": "static rule", "reason": choice.reason}
     assert "separated Spearman 0.99996" in choice.reason and "bf16 on OpenVINO" in choice.reason
 
 
@@ -397,6 +399,9 @@ def test_a_level_never_resolves_to_something_less_accurate(base, contents, machi
     assert shortfall(manifest, choice.precision, choice.met) is None  # its recorded agreement meets that level
     assert machine.runs(choice.provider, choice.precision) is None
     assert choice.level == level and choice.reason.startswith(f"{level}: {choice.precision} on ")
+    # measured speeds decide exactly when the chosen variant is among them
+    measured = variant_key(choice.provider, choice.precision) in (speeds or {})
+    assert choice.basis == ("tuned" if measured else "static rule")
     if met < asked:
         assert f"fell back to {choice.met}" in choice.reason
         for skipped in LEVELS[met + 1 : asked + 1]:
