@@ -313,4 +313,4 @@ def score_dataframe(
         return df.mapInArrow(scorer, scorer.output_schema(schema))
 
 
-__all__ = ["MODELS_PER_WORKER", "SparkScorer", "score_dataframe"]
+__all__ = ["MODELS_PER_WORKER", "SparkScorer", "resolve_model_dir", "score_dataframe"]
