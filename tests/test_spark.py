@@ -13,10 +13,14 @@ import random
 import shutil
 import signal
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crossonnx.long_documents import LongDocuments
 from crossonnx.scale import ScaleError
@@ -24,7 +28,6 @@ from crossonnx.scale.columns import ScoreOptions
 from pairs import parity_pairs
 
 pytest.importorskip("pyspark", reason="the Spark tests need pyspark (the spark extra)")
-pytest.importorskip("pyarrow", reason="Spark's Arrow path needs pyarrow")
 if shutil.which("java") is None:
     pytest.skip(
         "Spark needs a Java 17+ runtime and java is not on PATH (Debian: openjdk-17-jre-headless)",
@@ -210,3 +213,32 @@ def test_bad_columns_are_clear_errors(spark, model_dir):
     message = str(caught.value)
     assert f"ScaleError: the DataFrame's partition 1: row 3 (id=7, query={rows[7][1]!r:.40}" in message, message
     assert "column 'passage' is null" in message, message
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(st.tuples(st.text(max_size=40), st.text(max_size=80)), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(0, 12), max_size=4),
+    null=st.one_of(st.none(), st.tuples(st.integers(0, 11), st.sampled_from(["query", "passage"]))),
+)
+def test_scorer_counts_rows_across_batches(model_dir, encoder, texts, cuts, null):
+    """The scorer itself, outside Spark (partition 0): any split into batches, empty ones included, gives predict's
+    scores; a null cell names its row counted over the partition's batches, and the row's id."""
+    rows = {"id": list(range(len(texts))), "query": [q for q, _ in texts], "passage": [p for _, p in texts]}
+    if null is not None and null[0] < len(texts):
+        rows[null[1]][null[0]] = None
+    else:
+        null = None
+    schema = pa.schema([("id", pa.int64()), ("query", pa.string()), ("passage", pa.string())])
+    bounds = [0, *sorted(min(c, len(texts)) for c in cuts), len(texts)]  # equal neighbours: an empty batch
+    batches = [
+        pa.RecordBatch.from_pydict({k: v[a:b] for k, v in rows.items()}, schema=schema) for a, b in pairwise(bounds)
+    ]
+    scorer = SparkScorer(str(model_dir), options=ScoreOptions(threads=1, provider="cpu"))
+    if null is not None:
+        with pytest.raises(ScaleError, match=rf"the DataFrame's partition 0: row {null[0] + 1} \(id={null[0]}\b"):
+            list(scorer(iter(batches)))
+        return
+    out = pa.Table.from_batches(list(scorer(iter(batches))))
+    assert out.column_names == ["id", "query", "passage", "score"] and out.num_rows == len(texts)
+    np.testing.assert_allclose(out.column("score").to_numpy(), encoder.predict(texts), rtol=0, atol=1e-6)

@@ -239,7 +239,7 @@ def _driver_model(model_dir: str | Path, precision: str) -> tuple[str, int]:
     from crossonnx.manifest import load_manifest
 
     path = Path(os.path.expanduser(str(model_dir)))
-    folder = str(path.resolve()) if path.is_dir() else str(model_dir)
+    folder = str(path.resolve()) if path.is_dir() else str(path)
     try:
         local = resolve_model_dir(folder)
     except ModelFolderError:
@@ -248,6 +248,18 @@ def _driver_model(model_dir: str | Path, precision: str) -> tuple[str, int]:
     if precision not in LEVELS:
         manifest.entry(precision)  # fail here rather than in every task
     return folder, int(manifest.num_labels)
+
+
+def _warn_without_worker_reuse(df: DataFrame) -> None:
+    try:
+        reuse = df.sparkSession.conf.get("spark.python.worker.reuse", "true")
+    except Exception:  # a client that cannot read the setting: assume Spark's default
+        return
+    if str(reuse).lower() == "false":
+        logger.warning(
+            "crossonnx: spark.python.worker.reuse is false, so every task starts a Python worker and loads "
+            "the model again; leave it at its default (true)"
+        )
 
 
 def score_dataframe(
@@ -307,6 +319,7 @@ def score_dataframe(
         if not isinstance(kind, StringType):
             raise not_strings(WHERE, columns, name, kind.simpleString(), cli=False)
     folder, labels = _driver_model(model_dir, precision)
+    _warn_without_worker_reuse(df)
     scorer = SparkScorer(folder, columns, options, labels)
     with warnings.catch_warnings():  # the Arrow path never converts to pandas, whatever its version
         warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
