@@ -57,7 +57,7 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if ".partial" in p.name)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -10,7 +10,9 @@ from crossonnx.runtime_args import add_long_document_args, add_runtime_args, lon
 DESCRIPTION = """\
 Score every (query, passage) row of a Parquet, JSON-lines or CSV file and write it back with a score column.
 The file is streamed CHUNK_ROWS rows at a time, so memory does not grow with its length; the output keeps the
-input's format, columns and row order, and is written to a temporary file renamed into place only on success.
+input's format, columns and row order, and is written to a partial file renamed into place only on success.
+A killed or interrupted run keeps its scored chunks in a journal beside the output: run the same command with
+--resume to continue from the last completed chunk (the output is byte for byte that of an uninterrupted run).
 """
 
 
@@ -34,7 +36,12 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=args.progress,
         long_documents=options,
+        resume=args.resume,
     )
+    if args.resume:
+        done = result.resumed_rows
+        print(f"resumed after {done:,} rows" if done else "--resume: nothing to resume, scored from the first row",
+              file=sys.stderr)
     capped = result.details["capped_rows"]
     note = f"; {capped:,} passages had more than {options.max_chunks} windows (the first were scored)" if capped else ""
     print(
@@ -73,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-scores", action="store_true", help="write logits, without the model's activation")
     add_long_document_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (after every row is scored)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed or interrupted run from its last completed chunk (same input, model and options; "
+        "starts from the first row when there is nothing to resume)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -14,9 +14,7 @@ import codecs
 import contextlib
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from crossonnx.scale.columns import (
     score_array,
     score_type,
 )
+from crossonnx.scale.resume import Journal, fingerprint
 
 if TYPE_CHECKING:
     from crossonnx.encoder import CrossEncoder
@@ -56,11 +55,13 @@ class ScoreFileResult:
     format: str
     rows: int
     seconds: float
+    resumed_rows: int = 0  # rows an interrupted run had scored, written from its journal
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pairs_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        """Rows scored by this run per second."""
+        return (self.rows - self.resumed_rows) / self.seconds if self.seconds > 0 else 0.0
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
@@ -358,17 +359,6 @@ def _open_sink(path: Path, fmt: str, source: Any, columns: Columns, labels: int)
     return CsvSink(path, source, columns)
 
 
-def _temp_beside(out: Path) -> Path:
-    """An empty temporary file in ``out``'s folder (so that the final rename stays on one file system)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; the result gets normal permissions
-    return Path(name)
-
-
 # ------------------------------------------------------------------------------------------------- entry
 
 
@@ -385,6 +375,7 @@ def score_file(
     overwrite: bool = False,
     progress: bool | None = None,
     long_documents: str | LongDocuments = "truncate",
+    resume: bool = False,
 ) -> ScoreFileResult:
     """Score every (query, passage) row of ``source`` with ``encoder`` and write it to ``out`` with a score column.
 
@@ -393,6 +384,12 @@ def score_file(
     ``"truncate"`` (default), ``"chunk"`` or a ``LongDocuments``, as in ``CrossEncoder.predict``;
     ``details["long_documents"]`` holds its fields and ``details["capped_rows"]`` counts the passages with more
     windows than ``max_chunks``.
+
+    The output is written to a folder beside ``out`` (``.<name>.partial/``) with a journal of the scored chunks and
+    renamed over ``out`` when every row is scored. A run that was killed or interrupted leaves them there:
+    ``resume`` continues it from its last completed chunk (the output is byte for byte what an uninterrupted run
+    writes) after checking that the input, the model and every option that changes the output are the same; without
+    ``resume`` such leftovers are an error that says so. ``resume`` with nothing left over scores from the first row.
     """
     columns = columns or Columns()
     source = Path(source)
@@ -415,32 +412,62 @@ def score_file(
 
     started = time.perf_counter()
     reader = open_source(source, fmt, columns, chunk_rows)
-    tmp: Path | None = None
-    rows = capped = 0
     try:
-        tmp = _temp_beside(out)
-        sink = _open_sink(tmp, fmt, reader, columns, encoder.num_labels)
-        show = sys.stderr.isatty() if progress is None else progress
-        bar = Progress(f"scoring {source.name}", reader.total_rows, reader.total_bytes, enabled=show)
-        position = None
+        journal = Journal(out, encoder.num_labels)
+        settings = {"format": fmt, "query_column": columns.query, "passage_column": columns.passage,
+                    "score_column": columns.score, "batch_size": batch_size, "chunk_rows": chunk_rows,
+                    "raw_scores": raw_scores, "long_documents": options.to_dict()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        journal.open(fingerprint(source, encoder, settings), resume)
+        resumed = journal.rows
         try:
-            for chunk in reader.chunks():
-                scored = scoring.score(encoder, chunk.pairs)
-                capped += scored.capped_count
-                sink.write(chunk, scored.scores)
-                rows += len(chunk.pairs)
-                position = chunk.position
-                bar.update(rows, position)
-        finally:
-            sink.close()
-        bar.close(rows, position)
-        os.replace(tmp, out)
-        tmp = None
+            rows, capped = _run(encoder, scoring, reader, journal, fmt, columns, source.name, progress)
+            journal.finish()
+        except ScaleError:
+            journal.discard()  # the input is at fault: a resume would stop at the same row
+            raise
+        except BaseException:
+            journal.close()
+            if journal.rows:
+                print(f"crossonnx: score-file stopped after {journal.rows:,} rows, kept in {journal.folder}; run "
+                      "the same command with --resume to continue from there", file=sys.stderr)
+            raise
     finally:
         reader.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    return ScoreFileResult(source=source, out=out, format=fmt, rows=rows, seconds=seconds,
+    return ScoreFileResult(source=source, out=out, format=fmt, rows=rows, seconds=seconds, resumed_rows=resumed,
                            details={"chunk_rows": chunk_rows, "batch_size": batch_size, "raw_scores": raw_scores,
                                     "long_documents": options.to_dict(), "capped_rows": capped})
+
+
+def _run(encoder: CrossEncoder, scoring: ScoreOptions, reader: Any, journal: Journal, fmt: str, columns: Columns,
+         name: str, progress: bool | None) -> tuple[int, int]:
+    """Write every chunk to the journal's partial output: the journal's saved scores for the chunks it holds, the
+    model's for the rest (each recorded in the journal). Returns the rows and the capped rows."""
+    sink = _open_sink(journal.partial, fmt, reader, columns, encoder.num_labels)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = Progress(f"scoring {name}", reader.total_rows, reader.total_bytes, enabled=show)
+    saved = journal.saved()
+    rows = capped = 0
+    position = None
+    try:
+        for chunk in reader.chunks():
+            record = next(saved, None)
+            if record is not None:
+                done, scores = record
+                if done.rows != len(chunk.pairs):
+                    raise ScaleError(f"{journal.folder} does not match its input; delete it and run again")
+                capped += done.capped
+            else:
+                scored = scoring.score(encoder, chunk.pairs)
+                scores = scored.scores
+                capped += scored.capped_count
+                journal.append(scores, scored.capped_count)
+            sink.write(chunk, scores)
+            rows += len(chunk.pairs)
+            position = chunk.position
+            bar.update(rows, position)
+    finally:
+        sink.close()
+    bar.close(rows, position)
+    return rows, capped
