@@ -482,6 +482,30 @@ def hub_layout(
     return files
 
 
+REMOTE_CODE_FILE = "modeling_crossencoder.py"
+# a remote-code model's code: BERT's classifier under its own name (transformers imports it from the repo's files)
+REMOTE_CODE = b'''"""A cross-encoder whose code lives in its repo."""
+
+from transformers import BertForSequenceClassification
+
+
+class RepoBertForSequenceClassification(BertForSequenceClassification):
+    """BERT's sequence classifier, run from the repo's own code."""
+'''
+
+
+def remote_code_layout(checkpoint: Path) -> dict[str, bytes]:
+    """A repo whose config maps AutoModelForSequenceClassification to its own ``*.py`` (``auto_map``), as a
+    trust_remote_code model's does; with trust_remote_code=False transformers runs its built-in BERT class instead."""
+    files = hub_layout(checkpoint, pickle=False, extras=False)
+    config = json.loads(files["config.json"])
+    module = REMOTE_CODE_FILE.removesuffix(".py")
+    config["auto_map"] = {"AutoModelForSequenceClassification": f"{module}.RepoBertForSequenceClassification"}
+    files["config.json"] = json.dumps(config, indent=2).encode()
+    files[REMOTE_CODE_FILE] = REMOTE_CODE
+    return files
+
+
 @contextmanager
 def running_hub(page_size: int = 1000) -> Iterator[HubServer]:
     server = HubServer(page_size=page_size)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import HubServer, hub_layout, running_hub
+from hub_server import REMOTE_CODE_FILE, HubServer, hub_layout, remote_code_layout, running_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_ID = "cross-encoder/ms-marco-TinyBERT-L6"  # renamed in March 2025
@@ -24,6 +24,7 @@ OLD_ID = "cross-encoder/ms-marco-TinyBERT-L-6"  # models.yaml's id for ms-marco-
 PICKLE_ID = "test-org/tinybert-pickle-only"
 GATED_ID = "test-org/tinybert-gated"
 CUT_ID = "test-org/tinybert-cut"
+REMOTE_ID = "test-org/tinybert-remote-code"
 # what an export of a BERT checkpoint needs; everything else in the repo must stay on the server
 NEEDED = {"config.json", "model.safetensors", "special_tokens_map.json", "tokenizer_config.json", "vocab.txt"}
 
@@ -42,6 +43,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
         server.add_repo(PICKLE_ID, hub_layout(checkpoint, safetensors=False, extras=False))
         server.add_repo(GATED_ID, full, gated=True)
         server.add_repo(CUT_ID, {**hub_layout(checkpoint, pickle=False, extras=False), **padded_weights(checkpoint)})
+        server.add_repo(REMOTE_ID, remote_code_layout(checkpoint))
         yield server
 
 
@@ -150,6 +152,25 @@ def test_pickle_only_repo_needs_allow_pickle(hub: HubServer, hf_home: Path, tmp_
     # the refused run cached the config and tokenizer: this one fetches the pickle alone
     assert hub.files("GET", PICKLE_ID) == ["pytorch_model.bin"]
     assert manifest(out)["source"]["revision"] == hub.repos[PICKLE_ID].sha
+
+
+def test_remote_code_is_fetched_only_with_trust_remote_code(hub: HubServer, hf_home: Path, tmp_path):
+    """A repo with its own model code: without the flag its *.py is never asked for (transformers runs its built-in
+    BERT class, whose last layer the export prunes to [CLS]); with it, the code is downloaded and runs."""
+    hub.clear_log()
+    plain = export(hub, hf_home, REMOTE_ID, "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    asked = hub.files("GET", REMOTE_ID) + hub.files("HEAD", REMOTE_ID)
+    assert asked and not [path for path in asked if path.endswith(".py")], asked
+    assert manifest(tmp_path / "plain")["precisions"]["fp32"]["details"]["cls_only_last_layer"] is True
+
+    hub.clear_log()
+    trusted = export(hub, hf_home, REMOTE_ID, "--out", str(tmp_path / "trusted"), "--trust-remote-code")
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert [path for path in hub.files("GET", REMOTE_ID) if path.endswith(".py")] == [REMOTE_CODE_FILE]
+    # the repo's class ran: it is not the built-in BERT class the [CLS]-only last layer is proven for
+    assert manifest(tmp_path / "trusted")["precisions"]["fp32"]["details"]["cls_only_last_layer"] is False
+    assert manifest(tmp_path / "trusted")["source"]["revision"] == hub.repos[REMOTE_ID].sha
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "merges.txt", "vo
 HUB_IGNORE = ["*/*"]
 # pickled weights: fetched only with --allow-pickle, and only when the repo has no safetensors
 PICKLE_PATTERNS = ["pytorch_model.bin*"]
+# a remote-code model's code (configuration_*.py, modeling_*.py, ...): fetched only with --trust-remote-code
+CODE_PATTERNS = ["*.py"]
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,16 @@ def _why(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _download(repo_id: str, revision: str | None, allow_pickle: bool, cache_dir: str | None) -> Path:
-    """The checkpoint's files in the Hugging Face cache: config, tokenizer and weights at the repo's root.
+def _download(
+    repo_id: str, revision: str | None, allow_pickle: bool, trust_remote_code: bool, cache_dir: str | None
+) -> Path:
+    """The checkpoint's files in the Hugging Face cache: config, tokenizer and weights at the repo's root, and its
+    ``*.py`` files only with ``trust_remote_code``.
 
     Pickled weights are fetched only with ``allow_pickle`` and only when the repo has no safetensors (pinned to
     the commit just resolved, so the second call asks the Hub nothing more than the files).
     """
-    folder = _snapshot(repo_id, revision, HUB_PATTERNS, cache_dir)
+    folder = _snapshot(repo_id, revision, HUB_PATTERNS + (CODE_PATTERNS if trust_remote_code else []), cache_dir)
     if any((folder / name).is_file() for name in SAFE_WEIGHTS + PICKLED_WEIGHTS):
         return folder
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
@@ -168,8 +173,9 @@ def resolve_source(
     revision: str | None = None,
     allow_pickle: bool = False,
     cache_dir: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ResolvedSource:
-    """Find or download the checkpoint named by ``source``."""
+    """Find or download the checkpoint named by ``source`` (from the Hub, its code too with ``trust_remote_code``)."""
     if not isinstance(source, str) or not source.strip():
         raise ExportError("SOURCE must be a models.yaml name, a Hub id or a checkpoint folder")
     local = Path(source).expanduser()
@@ -188,7 +194,7 @@ def resolve_source(
         raise UnknownModelError(
             f"{source!r} is not a local folder, a models.yaml name or a Hub id (owner/name). Known models: {known}"
         )
-    folder = _download(repo_id, revision, allow_pickle, cache_dir)
+    folder = _download(repo_id, revision, allow_pickle, trust_remote_code, cache_dir)
     check_weights(folder, allow_pickle)
     # snapshot folders are named by commit hash: record the exact revision exported
     resolved_revision = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
