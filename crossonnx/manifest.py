@@ -19,7 +19,9 @@ from crossonnx.precisions import UNFUSED_GRAPH as UNFUSED_GRAPH  # re-exported: 
 from crossonnx.scoring import ACTIVATION_FNS
 
 MANIFEST_NAME = "crossonnx.json"
-SCHEMA_VERSION = 2  # 2: precision entries may list extra_files (an OpenVINO IR's weights)
+# 2: precision entries may list extra_files (an OpenVINO IR's weights); 3: left_out names the precisions a default
+# export built but left out because they missed their gates
+SCHEMA_VERSION = 3
 # Every precision an export can write, and what it is: the precision table's rows (crossonnx/precisions.py), which
 # also say what runs each. An export with --tensorrt adds UNFUSED_GRAPH, the graph TensorRT builds its engines from.
 PRECISIONS = {row.name: row.description for row in ROWS}
@@ -63,6 +65,50 @@ class PrecisionEntry:
 
 
 @dataclass(frozen=True)
+class Miss:
+    """One limit of a gate that a precision missed: the metric (``max_abs_diff``, ``spearman`` or ``finite``), what
+    validation measured and the gate's limit."""
+
+    metric: str
+    measured: float | bool
+    gate: float | bool
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A precision an export without ``--precision`` built, validated and left out of the folder: it missed its
+    gate. ``flag`` is the ``--gate`` that admits it on a re-export (None where none does: scores not finite)."""
+
+    precision: str
+    misses: tuple[Miss, ...]
+    flag: str | None
+    parity: Parity | None = None
+
+    def reason(self) -> str:
+        """What it missed, and the flag that admits it."""
+        names = {"max_abs_diff": "max abs diff", "spearman": "Spearman"}
+        missed = "; ".join(
+            "scores contain NaN or inf" if miss.metric == "finite"
+            else f"{names.get(miss.metric, miss.metric)} {miss.measured:.4g} misses its gate {miss.gate:g}"
+            for miss in self.misses
+        )
+        return missed + (f"; re-export with {self.flag} to admit it" if self.flag else "; no gate admits it")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision, "misses": [asdict(miss) for miss in self.misses], "flag": self.flag,
+            "parity": self.parity.to_dict() if self.parity is not None else {},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeftOut:
+        return cls(
+            precision=data["precision"], misses=tuple(Miss(**miss) for miss in data["misses"]), flag=data["flag"],
+            parity=Parity.from_dict(data.get("parity") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to score pairs with an exported folder."""
 
@@ -78,14 +124,22 @@ class Manifest:
     reference: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    left_out: tuple[LeftOut, ...] = ()  # built but not in the folder: not available, listed so the user knows why
     schema_version: int = SCHEMA_VERSION
 
     def entry(self, precision: str) -> PrecisionEntry:
-        """The entry of ``precision``; a clear error listing what was exported otherwise."""
+        """The entry of ``precision``; a clear error listing what was exported otherwise (and, for a precision the
+        export left out, what it missed and the flag that admits it)."""
         try:
             return self.precisions[precision]
         except KeyError:
             exported = ", ".join(sorted(self.precisions)) or "none"
+            left = next((item for item in self.left_out if item.precision == precision), None)
+            if left is not None:
+                raise PrecisionNotExportedError(
+                    f"precision {precision!r} is not in this folder (exported: {exported}): the export left it "
+                    f"out, {left.reason()}"
+                ) from None
             raise PrecisionNotExportedError(
                 f"precision {precision!r} was not exported to this folder (exported: {exported}). "
                 f"Export it with: crossonnx export <model> --precision {precision}"
@@ -94,6 +148,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["precisions"] = {name: entry.to_dict() for name, entry in self.precisions.items()}
+        out["left_out"] = [item.to_dict() for item in self.left_out]
         return out
 
     def write(self, folder: Path) -> None:
@@ -105,6 +160,7 @@ class Manifest:
         data = dict(data)
         data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
         data["precisions"] = {name: PrecisionEntry.from_dict(entry) for name, entry in data["precisions"].items()}
+        data["left_out"] = tuple(LeftOut.from_dict(item) for item in data.get("left_out", ()))
         return cls(**data)
 
 

@@ -27,18 +27,19 @@ def _size(name: str) -> int:
 
 
 def _rows(name: str, folder: Path, seconds: float | None) -> list[dict]:
+    """One row per precision the export built: those in the folder, then those it left out (FAIL, no file)."""
     manifest = load_manifest(folder)
-    rows = []
-    for precision, entry in manifest.precisions.items():
-        parity = entry.parity
-        rows.append({
+    built = [(precision, entry.parity, entry.bytes / 2**20) for precision, entry in manifest.precisions.items()]
+    built += [(left.precision, left.parity, None) for left in manifest.left_out]
+    return [
+        {
             "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
             "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
-            "mb": entry.bytes / 2**20, "max_abs_diff": parity.max_abs_diff,
-            "max_abs_logit_diff": parity.max_abs_logit_diff, "spearman": parity.spearman,
-            "passed": parity.passed, "export_s": seconds,
-        })
-    return rows
+            "mb": mb, "max_abs_diff": parity.max_abs_diff, "max_abs_logit_diff": parity.max_abs_logit_diff,
+            "spearman": parity.spearman, "passed": parity.passed, "export_s": seconds,
+        }
+        for precision, parity, mb in built
+    ]
 
 
 def _reusable(name: str, reuse: Path | None) -> Path | None:
@@ -118,7 +119,8 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
     for r in rows:
         seconds = "–" if r["export_s"] is None else f"{r['export_s']:.0f}"
         lines.append(
-            f"| {r['model']} | {r['arch']} | {r['layers']} x {r['hidden']} | {r['precision']} | {r['mb']:.1f} "
+            f"| {r['model']} | {r['arch']} | {r['layers']} x {r['hidden']} | {r['precision']} "
+            f"| {'–' if r['mb'] is None else format(r['mb'], '.1f')} "
             f"| {r['max_abs_diff']:.2e} | {r['max_abs_logit_diff']:.2e} | {r['spearman']:.4f} "
             f"| {'pass' if r['passed'] else 'FAIL'} | {seconds} |"
         )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from crossonnx.manifest import load_manifest, sha256_file
 from crossonnx.registry import load_registry
@@ -204,3 +207,130 @@ def test_every_precision_stage_is_a_known_precision_with_a_default_gate():
     precisions = [stage.precision for stage in STAGES]
     assert set(precisions) <= set(PRECISIONS) | {UNFUSED_GRAPH}
     assert set(precisions) <= set(default_gates("sigmoid")) and set(precisions) <= set(default_gates("identity"))
+
+
+# --- a default export keeps what passes ---------------------------------------------------------------------------
+
+TIGHT_INT8 = "int8:max_abs=1e-9"  # no int8 graph is that close to PyTorch: int8 fails, the rest pass
+
+
+def _cli_export(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crossonnx.cli", "export", *args], capture_output=True, text=True,
+                          check=False)
+
+
+def _gate_args(*gates: str) -> list[str]:
+    return [arg for gate in gates for arg in ("--gate", gate)]
+
+
+def test_a_default_export_keeps_what_passes_and_names_what_it_left_out(tmp_path, tiny_checkpoints):
+    """Without --precision, int8 missing its gate is left out: the folder holds the rest, the manifest and the output
+    name int8 with its measured error and the --gate that admits it, the runtime does not offer it, and that flag
+    admits it on a re-export."""
+    from crossonnx import CrossEncoder
+    from crossonnx.errors import PrecisionNotExportedError
+    from crossonnx.exporter.pipeline import export_model
+    from crossonnx.levels import Machine, resolve_level
+    from crossonnx.manifest import LeftOut, Miss
+    from pairs import RANDOM_WEIGHT_GATES
+
+    checkpoint, out = str(tiny_checkpoints["bert"]), tmp_path / "kept"
+    done = _cli_export(checkpoint, "--out", str(out), *_gate_args(*RANDOM_WEIGHT_GATES, TIGHT_INT8))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    manifest = load_manifest(out)
+    assert set(manifest.precisions) == expected_default_precisions() - {"int8"}
+    assert not (out / "model_int8.onnx").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        {"crossonnx.json", "reference.json", "tokenizer.json"}
+        | {name for entry in manifest.precisions.values() for name in (entry.file, *entry.extra_files)}
+    )
+    [left] = manifest.left_out
+    measured = left.parity.max_abs_diff
+    assert left.precision == "int8" and left.parity.passed is False and measured > 1e-9
+    assert left.misses == (Miss("max_abs_diff", measured, 1e-9),)
+    limit = float(left.flag.removeprefix("--gate int8:max_abs="))
+    assert measured < limit <= measured * 1.1 and float(f"{limit:.1e}") == limit  # two significant digits
+    said = f"int8 left out: max abs diff {measured:.4g} misses its gate 1e-09; re-export with {left.flag} to admit it"
+    assert said in done.stderr
+    on_disk = json.loads((out / "crossonnx.json").read_text())
+    assert on_disk["left_out"][0]["misses"] == [{"metric": "max_abs_diff", "measured": measured, "gate": 1e-9}]
+    assert on_disk["left_out"][0]["flag"] == left.flag and LeftOut.from_dict(on_disk["left_out"][0]) == left
+
+    # not available anywhere: the runtime names why and the flag; verify checks what is there; levels never pick it
+    with pytest.raises(PrecisionNotExportedError, match=rf"left it out, max abs diff .*{left.flag}"):
+        CrossEncoder(out, precision="int8")
+    verify = subprocess.run([sys.executable, "-m", "crossonnx.cli", "verify", str(out)], capture_output=True,
+                            text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert not [line for line in verify.stdout.splitlines() if line.startswith("int8 ")]
+    choice = resolve_level(manifest, "fast", machine=Machine(openvino=False, bf16=False))
+    assert (choice.precision, choice.met) == ("fp32", "exact") and "int8 on ONNX Runtime CPU: not in the folder" in (
+        choice.reason
+    )
+
+    # the flag it named admits it
+    again = export_model(checkpoint, out=out, gate_overrides=[*RANDOM_WEIGHT_GATES, TIGHT_INT8, *left.flag.split()[1:]],
+                         overwrite=True, log=None)
+    readmitted = load_manifest(again)
+    assert set(readmitted.precisions) == expected_default_precisions() and readmitted.left_out == ()
+    assert readmitted.precisions["int8"].parity.gate.max_abs_diff == limit
+
+
+def test_named_precisions_must_all_pass(tmp_path, tiny_checkpoints):
+    """--precision fp32,int8 with int8 missing its gate: an error naming int8 and its flag, and nothing written."""
+    parent = tmp_path / "exports"
+    parent.mkdir()
+    done = _cli_export(str(tiny_checkpoints["bert"]), "--out", str(parent / "out"), "--precision", "fp32,int8",
+                       *_gate_args(TIGHT_INT8))
+    assert done.returncode != 0
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("crossonnx: error: ")]
+    assert "nothing was written: int8: max abs diff" in error and "--precision must pass" in error
+    assert "--gate int8:max_abs=" in error
+    assert list(parent.iterdir()) == []  # neither the folder nor a temporary one
+
+
+def test_a_default_export_writes_nothing_when_fp32_fails(tmp_path, tiny_checkpoints):
+    from crossonnx.errors import ValidationError
+    from crossonnx.exporter.pipeline import export_model
+    from pairs import RANDOM_WEIGHT_GATES
+
+    parent = tmp_path / "exports"
+    parent.mkdir()
+    with pytest.raises(ValidationError, match=r"nothing was written: fp32: max abs diff .* > 0 .*\(fp32 must pass"):
+        export_model(str(tiny_checkpoints["bert"]), out=parent / "out",
+                     gate_overrides=[*RANDOM_WEIGHT_GATES, "fp32:max_abs=0"], log=None)
+    assert list(parent.iterdir()) == []
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.floats(1e-9, 10.0), st.floats(-1.0, 1.0), st.floats(1e-10, 10.0), st.floats(-1.0, 1.0))
+def test_the_flag_that_admits_a_left_out_precision(max_abs, rho, gate_abs, gate_rho):
+    """Each missed limit moves just past what was measured (two significant digits up for max abs, four decimals down
+    for Spearman), and the gate's own rule admits the result."""
+    from crossonnx.exporter.validate import left_out, parse_gate_overrides
+    from crossonnx.parity import Gate, Parity
+
+    gate = Gate(gate_abs, gate_rho)
+    measured = {"finite": True, "max_abs_diff": max_abs, "spearman": rho, "spearman_gated": True}
+    assume(gate.failures(measured))
+    parity = Parity(n=75, finite=True, max_abs_diff=max_abs, mean_abs_diff=max_abs / 2, spearman=rho, gate=gate)
+    left = left_out("int8", parity)
+    missed = {"max_abs_diff": max_abs > gate_abs, "spearman": rho < gate_rho}
+    assert [miss.metric for miss in left.misses] == [metric for metric, yes in missed.items() if yes]
+    admitted = parse_gate_overrides([left.flag.removeprefix("--gate ")], {"int8": gate})["int8"]
+    assert not admitted.failures(measured)
+    if missed["max_abs_diff"]:
+        assert admitted.max_abs_diff <= max_abs * 1.11
+    if missed["spearman"]:
+        assert admitted.min_spearman >= math.floor(rho * 1e4) / 1e4
+
+
+def test_no_flag_admits_scores_that_are_not_finite():
+    from crossonnx.exporter.validate import left_out
+    from crossonnx.parity import Gate, Parity
+
+    parity = Parity(n=75, finite=False, max_abs_diff=math.nan, mean_abs_diff=math.nan, spearman=math.nan,
+                    gate=Gate(0.1, 0.9))
+    left = left_out("int8", parity)
+    assert left.flag is None and left.reason() == "scores contain NaN or inf; no gate admits it"

@@ -34,11 +34,28 @@ from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
 from crossonnx.exporter.reference import REFERENCE_NAME, Reference, reference_scores
 from crossonnx.exporter.source import ResolvedSource, resolve_source
-from crossonnx.exporter.validate import default_gates, parse_gate_overrides, validate_precision
+from crossonnx.exporter.validate import default_gates, left_out, parse_gate_overrides, validate_precision
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
-from crossonnx.manifest import UNFUSED_GRAPH, Manifest, PrecisionEntry, TokenizerSpec, file_record, sha256_file
+from crossonnx.manifest import (
+    UNFUSED_GRAPH,
+    LeftOut,
+    Manifest,
+    PrecisionEntry,
+    TokenizerSpec,
+    file_record,
+    sha256_file,
+)
 from crossonnx.parity import Parity
-from crossonnx.precisions import GRAPH_OF, GRAPHS, NEEDS_CPU_BF16, NEEDS_NNCF, NEEDS_OPENVINO, ROWS, Precision
+from crossonnx.precisions import (
+    DEFAULT_PRECISION,
+    GRAPH_OF,
+    GRAPHS,
+    NEEDS_CPU_BF16,
+    NEEDS_NNCF,
+    NEEDS_OPENVINO,
+    ROWS,
+    Precision,
+)
 from crossonnx.tokenization import PairTokenizer
 from crossonnx.versions import library_versions
 
@@ -176,9 +193,11 @@ def export_model(
 ) -> Path:
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
-    Nothing is written at ``out`` unless every requested precision passes its gate. ``precisions`` defaults to
-    every default precision of the table (crossonnx/precisions.py) this environment can build and validate
-    (``default_precisions``: OpenVINO's need OpenVINO, its int8s NNCF, and bf16 a CPU with bf16 too).
+    ``precisions`` defaults to every default precision of the table (crossonnx/precisions.py) this environment can
+    build and validate (``default_precisions``: OpenVINO's need OpenVINO, its int8s NNCF, and bf16 a CPU with bf16
+    too); of those the folder keeps the ones that pass their gates, and its manifest's ``left_out`` names the rest
+    with what they missed and the ``--gate`` that admits them. fp32 (and, with ``tensorrt``, the unfused graph) must
+    pass, as must every precision named in ``precisions``: otherwise nothing is written at ``out``.
     ``gate_overrides`` take the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps
     the graph before ONNX Runtime's CPU fusions (``UNFUSED_GRAPH``), which TensorRT builds its engines from.
     """
@@ -192,7 +211,9 @@ def export_model(
     steps(f"resolving {source}")
     if precisions is None:
         default_precisions(steps.note)  # says which precisions this environment leaves out, and why
-    resolved = resolve_source(source, revision=revision, allow_pickle=allow_pickle)
+    resolved = resolve_source(
+        source, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
     out_dir = Path(out) if out is not None else Path("models") / resolved.name
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it, or choose another --out")
@@ -207,13 +228,18 @@ def export_model(
         manifest = provisional_manifest(export)
         manifest.write(tmp)  # provisional: the runtime needs it to validate
         parities = validate(export)
-        validated = {p: replace(entry, parity=parities[p]) for p, entry in manifest.precisions.items()}
-        replace(manifest, precisions=validated).write(tmp)
+        leave_out = drop_failed(export, parities)
+        validated = {
+            p: replace(entry, parity=parities[p]) for p, entry in manifest.precisions.items() if parities[p].passed
+        }
+        replace(manifest, precisions=validated, left_out=leave_out).write(tmp)
         steps(f"writing {out_dir}")
         _replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for item in leave_out:
+        steps.note(f"{item.precision} left out: {item.reason()}")
     return out_dir
 
 
@@ -224,7 +250,8 @@ def export_model(
 class ExportRequest:
     """The checked arguments of one export."""
 
-    precisions: tuple[str, ...]  # what the folder will hold, in STAGES order (fp32-unfused too, with tensorrt)
+    precisions: tuple[str, ...]  # what the export builds, in STAGES order (fp32-unfused too, with tensorrt)
+    required: tuple[str, ...]  # those that must pass their gates; the folder leaves out the others that fail
     max_length: int | None
     opset: int
     gate_overrides: tuple[str, ...]
@@ -247,8 +274,13 @@ class ExportRequest:
         if not 14 <= int(opset) <= 21:
             raise ExportError(f"--opset must be between 14 and 21, got {opset}")
         parse_gate_overrides(list(gate_overrides), default_gates("sigmoid"))  # reject a malformed gate up front
+        built = tuple(wanted) + ((UNFUSED_GRAPH,) if tensorrt else ())
+        # a named precision must pass; without --precision, only the exact graphs
+        exact = (DEFAULT_PRECISION, UNFUSED_GRAPH)
+        required = built if precisions is not None else tuple(p for p in built if p in exact)
         return cls(
-            precisions=tuple(wanted) + ((UNFUSED_GRAPH,) if tensorrt else ()),
+            precisions=built,
+            required=required,
             max_length=max_length,
             opset=int(opset),
             gate_overrides=tuple(gate_overrides),
@@ -567,22 +599,44 @@ def provisional_manifest(export: Export) -> Manifest:
 
 
 def validate(export: Export) -> dict[str, Parity]:
-    """Each precision against PyTorch; a ValidationError naming every failure, else the parity records."""
+    """Each precision against PyTorch; the parity records, or a ValidationError naming every failure where one of
+    the precisions that must pass (``ExportRequest.required``) failed."""
     reference = export.scored()
     gates = parse_gate_overrides(list(export.request.gate_overrides), default_gates(reference.activation))
-    failures = []
     parities = {}
     for precision in export.request.precisions:
         export.steps(f"validating {precision} against PyTorch")
         parity = validate_precision(export.tmp, precision, reference, gates[precision])
         parities[precision] = parity
         export.steps.note(parity.summary())
-        if not parity.passed:
-            failures.append(f"{precision}: " + "; ".join(parity.failures))
-    if failures:
+    failed = [p for p, parity in parities.items() if not parity.passed]
+    blocking = [p for p in failed if p in export.request.required]
+    if blocking:
+        named = export.request.required == export.request.precisions
+        must = ("every precision named with --precision must pass" if named
+                else f"{', '.join(blocking)} must pass; other precisions are left out when they fail")
         raise ValidationError(
             "validation failed, nothing was written: "
-            + " | ".join(failures)
-            + ". Loosen a gate only if you accept that error (--gate int8:max_abs=...,spearman=...)."
+            + " | ".join(f"{p}: " + "; ".join(parities[p].failures) for p in failed)
+            + f" ({must}). Loosen a gate only if you accept that error: "
+            + " ".join(_admitting_flag(p, parities[p]) for p in failed)
         )
     return parities
+
+
+def _admitting_flag(precision: str, parity: Parity) -> str:
+    return left_out(precision, parity).flag or f"(no --gate admits {precision}: its scores are not finite)"
+
+
+def drop_failed(export: Export, parities: dict[str, Parity]) -> tuple[LeftOut, ...]:
+    """Remove the files of the precisions that failed their gates (none of them required), except those a kept
+    precision reads too (bf16 runs fp32's graph); what each missed, for the manifest."""
+    failed = [p for p in export.request.precisions if not parities[p].passed]
+    kept = {name for p in export.request.precisions if parities[p].passed
+            for name in (STAGE_OF[p].file, *STAGE_OF[p].extra_files)}
+    for precision in failed:
+        stage = STAGE_OF[precision]
+        for name in (stage.file, *stage.extra_files):
+            if name not in kept:
+                (export.tmp / name).unlink(missing_ok=True)
+    return tuple(left_out(p, parities[p]) for p in failed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from crossonnx.encoder import CrossEncoder
 from crossonnx.engines import validation_provider
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.reference import Reference
-from crossonnx.manifest import load_manifest
+from crossonnx.manifest import LeftOut, Miss, load_manifest
 from crossonnx.parity import Gate, Parity
 from crossonnx.precisions import DEFAULT_PRECISION, GRAPHS
 from crossonnx.tokenization import PairTokenizer
@@ -41,8 +42,53 @@ def parse_gate_overrides(specs: list[str], gates: dict[str, Gate]) -> dict[str, 
                 fields[key] = float(value)
             except ValueError:
                 raise ExportError(f"bad gate value {item!r} in {spec!r}; expected a number") from None
+            low, high = (-1.0, 1.0) if key == "min_spearman" else (0.0, math.inf)
+            if not low <= fields[key] <= high:
+                raise ExportError(f"bad gate value {item!r} in {spec!r}; expected a number from {low:g} to {high:g}")
         gates[precision] = Gate(**fields)
     return gates
+
+
+def _limit_above(value: float) -> float:
+    """The smallest number of two significant digits above ``value`` (> 0): a max-abs limit that admits it."""
+    limit = float(f"{value:.1e}")
+    while limit <= value:
+        limit = float(f"{limit + 10 ** (math.floor(math.log10(limit)) - 1):.1e}")
+    return limit
+
+
+def _limit_below(rho: float) -> float:
+    """The largest number of four decimals not above ``rho``: a min-Spearman limit that admits it."""
+    limit = math.floor(rho * 1e4) / 1e4
+    up = round(limit + 1e-4, 4)
+    return up if up <= rho else limit
+
+
+def left_out(precision: str, parity: Parity) -> LeftOut:
+    """A precision that missed its gate: each limit it missed and the ``--gate`` flag that admits it, checked
+    against the gate's own rule (``Gate.failures``)."""
+    gate = parity.gate
+    if gate is None:
+        raise ValueError(f"{precision}: a parity record without a gate cannot have missed it")
+    measured = {"finite": parity.finite, "max_abs_diff": parity.max_abs_diff, "spearman": parity.spearman,
+                "spearman_gated": parity.spearman_gated}
+    if not parity.finite:
+        return LeftOut(precision, (Miss("finite", False, True),), None, parity)
+    misses, fields = [], []
+    if Gate(gate.max_abs_diff).failures(measured):
+        misses.append(Miss("max_abs_diff", parity.max_abs_diff, gate.max_abs_diff))
+        fields.append(f"max_abs={_limit_above(parity.max_abs_diff):g}")
+    if Gate(math.inf, gate.min_spearman).failures(measured):
+        rho = parity.spearman
+        misses.append(Miss("spearman", rho, gate.min_spearman))
+        fields.append("spearman=off" if math.isnan(rho) else f"spearman={_limit_below(rho):g}")
+    if not misses:
+        raise ValueError(f"{precision} passed its gate: nothing to leave it out for")
+    flag = f"--gate {precision}:{','.join(fields)}"
+    admitted = parse_gate_overrides([flag.removeprefix("--gate ")], {precision: gate})[precision]
+    if admitted.failures(measured):  # cannot happen: each limit was moved past what was measured
+        raise AssertionError(f"{flag} does not admit {precision}: {admitted.failures(measured)}")
+    return LeftOut(precision, tuple(misses), flag, parity)
 
 
 def check_tokens(folder: Path, reference: Reference) -> None:
