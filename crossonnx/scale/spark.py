@@ -3,7 +3,7 @@
     from crossonnx.scale.spark import score_dataframe
 
     pairs = spark.read.parquet("s3://bucket/pairs/")
-    scored = score_dataframe(pairs, "/Volumes/main/models/ms-marco-MiniLM-L-6", precision="int8")
+    scored = score_dataframe(pairs, "/Volumes/main/default/models/ms-marco-MiniLM-L-6", precision="int8")
     scored.write.parquet("s3://bucket/scored/")
 
 How it runs: ``score_dataframe`` checks the columns and the model folder on the driver and returns
