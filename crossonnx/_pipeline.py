@@ -4,7 +4,9 @@
 ``run``; the server calls the same three steps itself, because it scores through its batcher on another thread:
 
 1. ``plan(encoder, pairs, options)``: the pairs the model scores under a ``LongDocuments``, the pairs themselves
-   (truncate) or their windows (chunk), and in truncate mode the spans that survive truncation when asked;
+   (truncate) or their windows (chunk), and in truncate mode the spans that survive truncation when asked. In chunk
+   mode a document longer than the cap raises ``DocumentCappedError`` here, before anything is scored, unless
+   ``options.on_capped`` is ``"flag"``;
 2. the model over ``plan.pairs`` (``encoder._logits``, or the server's batcher) and ``scores_from_logits``;
 3. ``plan.finish(scores)``: per-pair ``PairDetails``, the window scores aggregated by ``options.aggregate``.
 
@@ -24,7 +26,14 @@ import numpy as np
 
 from crossonnx._inputs import normalize_pairs
 from crossonnx.errors import InvalidOptionError
-from crossonnx.long_documents import LongDocuments, PairDetails, WindowPlan, plan_windows, trim_span
+from crossonnx.long_documents import (
+    LongDocuments,
+    PairDetails,
+    WindowPlan,
+    cap_tokens,
+    plan_windows,
+    trim_span,
+)
 from crossonnx.scoring import Activation
 from crossonnx.tokenization import PairTokenizer
 
@@ -99,18 +108,26 @@ def check_rankable(encoder: Encoder) -> None:
 
 
 def plan(encoder: Encoder, items: list[Pair], options: LongDocuments, spans: bool = False) -> ScoringPlan:
-    """Step 1 for validated pairs: chunk mode cuts windows, truncate mode scores the pairs as they are (and finds
-    the spans that survive truncation when ``spans``)."""
+    """Step 1 for validated pairs: chunk mode cuts windows (``DocumentCappedError`` for documents longer than the
+    cap, unless ``options.on_capped == "flag"``), truncate mode scores the pairs as they are (and finds the spans
+    that survive truncation when ``spans``)."""
     if options.mode == "truncate":
         kept = truncated_spans(encoder, items, options.truncation_direction) if spans and items else []
         return ScoringPlan(options, len(items), items, None, kept)
     if encoder.num_labels != 1:
         raise InvalidOptionError(
-            "mode", "", "chunk",
+            "mode",
+            "",
+            "chunk",
             message=f"long_documents='chunk' needs a model with one label (the best window is the highest score), "
             f"this one has {encoder.num_labels}; use long_documents='truncate'",
         )
-    windows = plan_windows(encoder._tokenizer, items, options.chunk_tokens, options.chunk_overlap, options.max_chunks)
+    windows = plan_windows(
+        encoder._tokenizer, items, options.chunk_tokens, options.chunk_overlap, options.max_document_tokens
+    )
+    error = windows.capped_error() if options.on_capped == "raise" else None
+    if error is not None:
+        raise error
     return ScoringPlan(options, len(items), windows.pairs, windows, [])
 
 
@@ -122,22 +139,32 @@ def scores_from_logits(
 
 
 def run(
-    encoder: Encoder, items: list[Pair], options: LongDocuments, *, batch_size: int = 32,
-    show_progress_bar: bool = False, activation_fn: Activation = None, apply_softmax: bool = False,
+    encoder: Encoder,
+    items: list[Pair],
+    options: LongDocuments,
+    *,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+    activation_fn: Activation = None,
+    apply_softmax: bool = False,
     spans: bool = False,
 ) -> PairDetails:
-    """The three steps on this thread for validated pairs; logs the documents the cap cut short."""
+    """The three steps on this thread for validated pairs; logs the documents the cap cut short (flagged)."""
     scoring = plan(encoder, items, options, spans)
     logits, stats = encoder._logits(scoring.pairs, batch_size, show_progress_bar, options.truncation_direction)
     details = scoring.finish(scores_from_logits(encoder, logits, activation_fn, apply_softmax), stats.model_calls)
-    if scoring.windows is not None:
-        capped = int(details.capped.sum())
-        if capped:
-            logger.warning(
-                "crossonnx: %d of %d documents have more than max_chunks=%d windows; only their first %d were "
-                "scored (predict_details and rank say which)", capped, len(items), options.max_chunks,
-                options.max_chunks,
-            )
+    windows = scoring.windows
+    if windows is not None and windows.capped.any():
+        capped = np.flatnonzero(windows.capped)
+        logger.warning(
+            "crossonnx: %d of %d documents are longer than max_document_tokens; only their first tokens were scored "
+            "(on_capped='flag'; pair %d: %d of %d tokens; predict_details and rank say which)",
+            len(capped),
+            len(items),
+            capped[0],
+            windows.covered[capped[0]],
+            windows.document_tokens[capped[0]],
+        )
     return details
 
 
@@ -150,14 +177,20 @@ def logits_and_stats(
     return encoder._logits(normalize_pairs(pairs)[0], batch_size, False, truncation_direction)
 
 
+def cap_of_windows(encoder: Encoder, query: str, windows: int) -> int:
+    """The document tokens ``windows`` default-size windows hold beside ``query``: the ``max_document_tokens`` that
+    stands for Cohere's ``max_chunks_per_doc`` (whose chunks are full-size)."""
+    tokenizer = encoder._tokenizer
+    query_tokens = tokenizer.text_lengths([query])[0]
+    return cap_tokens(tokenizer.max_length - tokenizer.pair_special_tokens, query_tokens, windows=windows)
+
+
 def token_counts(encoder: Encoder, pairs: Sequence[Pair]) -> list[int]:
     """Tokens each pair has before truncation (special tokens included), e.g. to refuse over-long pairs."""
     return encoder._tokenizer.untruncated_lengths(normalize_pairs(pairs)[0])
 
 
-def truncated_spans(
-    encoder: Encoder, pairs: Sequence[Pair], truncation_direction: str | None = None
-) -> list[Span]:
+def truncated_spans(encoder: Encoder, pairs: Sequence[Pair], truncation_direction: str | None = None) -> list[Span]:
     """The characters of each pair's second text the model sees in truncate mode, as (start, end)."""
     items = normalize_pairs(pairs)[0]
     kept = encoder._tokenizer.second_text_spans(items, truncation_direction)

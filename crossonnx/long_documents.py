@@ -18,8 +18,12 @@ tokens, scores every window beside the first text (the query) and aggregates per
 - a window's text is a slice of the document by the tokenizer's character offsets, starting right after the
   previous window token (so that a byte-level BPE word keeps its leading space and tokenizes as in the document).
   A document that fits in one window is scored as the original pair: the same ids, the same score as truncate.
-- at most ``max_chunks`` windows per document (default 10, Cohere's ``max_chunks_per_doc``): the first ones.
-  Results say how many windows were scored and whether a document was capped.
+- the cap is in document tokens, so small windows read as far as large ones: the windows read at most the first
+  ``max_document_tokens`` tokens of a document (cut back to a word boundary). The default is what 10 full-size
+  windows hold, 10 x the default window beside that pair's query (Cohere's ``max_chunks_per_doc`` default, its
+  chunks being full-size). A longer document raises ``DocumentCappedError`` before anything is scored
+  (``on_capped="raise"``, the default: no document is scored in part unasked), or is scored on its first tokens and
+  flagged ``capped`` (``on_capped="flag"``).
 - aggregation is on the scores after the activation (what ``predict`` returns): ``max`` (the best window,
   BERT-MaxP), ``first`` (the first window) or ``mean`` (of the window scores, in float64, returned as float32).
   For a monotonic activation ``max`` of scores is the activation of ``max`` of logits. The span of a document is
@@ -29,7 +33,7 @@ tokens, scores every window beside the first text (the query) and aggregates per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, InitVar, asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,9 +50,13 @@ Pair = tuple[str, str]
 Span = tuple[int, int]
 MODES = ("truncate", "chunk")
 AGGREGATES = ("max", "first", "mean")
-DEFAULT_MAX_CHUNKS = 10  # as Cohere's max_chunks_per_doc
+ON_CAPPED = ("raise", "flag")
+DEFAULT_CAP_WINDOWS = 10  # the default cap: this many default windows' tokens (Cohere's max_chunks_per_doc default)
+DEFAULT_MAX_CHUNKS = DEFAULT_CAP_WINDOWS  # the name the server and the command line import it by
 OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
-CHUNK_ONLY = ("chunk_tokens", "chunk_overlap")  # fields that only chunk mode takes
+# fields that only chunk mode takes, and the least value of each
+CHUNK_ONLY = {"chunk_tokens": 1, "chunk_overlap": 0, "max_document_tokens": 1}
+SHOWN_PAIRS = 3  # pairs a DocumentCappedError details; it counts the rest
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -59,7 +67,7 @@ def _is_int(value: object, minimum: int) -> bool:
 class LongDocuments:
     """How ``predict`` / ``rank`` (and the server, ``score-file``, Ray Data) treat a second text longer than the
     model's window. Every rule on these fields is checked here, once: a bad value raises ``InvalidOptionError``
-    whose ``field`` names the field.
+    whose ``field`` names the field. Only ``mode`` may be given by position.
 
     Args:
         mode: ``"truncate"`` (default: what fits in the max length, as sentence-transformers) or ``"chunk"``: the
@@ -67,23 +75,33 @@ class LongDocuments:
         chunk_tokens: chunk mode: document tokens per window (default: what fits beside the first text).
         chunk_overlap: chunk mode: tokens consecutive windows share (default: a quarter of the window).
         aggregate: chunk mode: a pair's score from its window scores: ``max``, ``first`` or ``mean``.
-        max_chunks: chunk mode: most windows per pair, the first ones (default 10).
+        max_document_tokens: chunk mode: the most tokens of a second text its windows read, the first ones
+            (default: 10 x the default window beside that pair's first text, whatever ``chunk_tokens`` is).
+        on_capped: chunk mode, for a second text longer than that: ``"raise"`` (default) ``DocumentCappedError``
+            naming the pairs, before anything is scored, or ``"flag"``: score its first tokens, flag it ``capped``.
         truncation_direction: ``"left"`` or ``"right"``: which end truncation cuts (default: the model's side).
     """
 
     mode: str = "truncate"
+    _: KW_ONLY
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     aggregate: str = "max"
-    max_chunks: int = DEFAULT_MAX_CHUNKS
+    max_document_tokens: int | None = None
+    on_capped: str = "raise"
     truncation_direction: str | None = None
+    max_chunks: InitVar[int | None] = None  # the window count cap of 0.x: refused, naming what replaced it
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, max_chunks: int | None) -> None:
+        if max_chunks is not None:
+            raise MovedArgumentError(f"LongDocuments() no longer takes max_chunks=. {_cap_moved(max_chunks, self)}")
         if self.mode not in MODES:
             raise InvalidOptionError("mode", 'must be "truncate" or "chunk"', self.mode)
         if self.aggregate not in AGGREGATES:
             raise InvalidOptionError("aggregate", f"must be one of {', '.join(AGGREGATES)}", self.aggregate)
-        for name, minimum in zip(CHUNK_ONLY, (1, 0), strict=True):
+        if self.on_capped not in ON_CAPPED:
+            raise InvalidOptionError("on_capped", 'must be "raise" or "flag"', self.on_capped)
+        for name, minimum in CHUNK_ONLY.items():
             value = getattr(self, name)
             if value is None:
                 continue
@@ -94,8 +112,6 @@ class LongDocuments:
                 raise InvalidOptionError(
                     name, 'applies to mode "chunk"', message=f'{name} applies to mode "chunk"; these options truncate'
                 )
-        if not _is_int(self.max_chunks, 1):
-            raise InvalidOptionError("max_chunks", "must be a positive integer", self.max_chunks)
         if self.chunk_tokens is not None and self.chunk_overlap is not None and self.chunk_overlap >= self.chunk_tokens:
             raise InvalidOptionError(
                 "chunk_overlap", f"({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
@@ -124,13 +140,26 @@ class LongDocuments:
         return asdict(self)
 
 
+def _cap_moved(max_chunks: object, given: Any) -> str:
+    """What to write instead of ``max_chunks=N`` (``given``: the other arguments, as attributes or a dict)."""
+    chunk_tokens = given.get("chunk_tokens") if isinstance(given, dict) else given.chunk_tokens
+    if _is_int(max_chunks, 1) and _is_int(chunk_tokens, 1):
+        instead = f"max_document_tokens={max_chunks * chunk_tokens} ({max_chunks} windows of {chunk_tokens} tokens)"
+    else:
+        instead = "max_document_tokens=<tokens>"
+    return (
+        "The cap is in document tokens now (max_chunks= counted windows, so small windows read less of a document): "
+        f"pass {instead}, or leave it out for the default ({DEFAULT_CAP_WINDOWS} full-size windows' tokens)"
+    )
+
+
 # the keyword arguments predict / predict_details / rank took before LongDocuments (crossonnx 0.x)
 MOVED_ARGUMENTS = ("chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "truncation_direction")
 
 
 def moved_arguments_error(method: str, kwargs: dict[str, Any]) -> MovedArgumentError | None:
     """The error for a call that passes one of ``MOVED_ARGUMENTS`` (None when it passes none): it names the
-    ``LongDocuments`` to pass instead, with the values given."""
+    ``LongDocuments`` to pass instead, with the values given (``max_chunks``: and the cap that replaced it)."""
     moved = [name for name in MOVED_ARGUMENTS if name in kwargs]
     if not moved:
         return None
@@ -142,13 +171,44 @@ def moved_arguments_error(method: str, kwargs: dict[str, Any]) -> MovedArgumentE
         fields["mode"] = mode
     elif mode is None and any(name != "truncation_direction" for name in moved):
         fields["mode"] = "chunk"
-    fields.update((name, kwargs[name]) for name in moved)
+    fields.update((name, kwargs[name]) for name in moved if name != "max_chunks")
     call = ", ".join(f"{name}={value!r}" for name, value in fields.items())
     names = ", ".join(f"{name}=" for name in moved)
+    cap = f". {_cap_moved(kwargs['max_chunks'], kwargs)}" if "max_chunks" in kwargs else ""
     return MovedArgumentError(
         f"{method}() no longer takes {names}: the long-document options are one argument now. Pass "
-        f"long_documents=LongDocuments({call}) (from crossonnx import LongDocuments)"
+        f"long_documents=LongDocuments({call}) (from crossonnx import LongDocuments){cap}"
     )
+
+
+class DocumentCappedError(InvalidOptionError):
+    """Chunk mode with ``on_capped="raise"`` met second texts longer than the cap (``max_document_tokens``).
+
+    ``indexes``: those pairs (positions in the input); ``covered``: the tokens of each the windows would read;
+    ``tokens``: the tokens each has. ``field`` is ``"max_document_tokens"``, the option to raise.
+    """
+
+    def __init__(self, indexes: Sequence[int], covered: Sequence[int], tokens: Sequence[int], count: int):
+        self.indexes, self.covered, self.tokens, self.count = list(indexes), list(covered), list(tokens), count
+        if len(indexes) == 1:
+            which = f"the first {covered[0]} of the {tokens[0]} tokens of pair {indexes[0]}'s second text"
+        else:
+            shown = "; ".join(
+                f"pair {i}: {c} of its {t} tokens"
+                for i, c, t in zip(indexes[:SHOWN_PAIRS], covered[:SHOWN_PAIRS], tokens[:SHOWN_PAIRS], strict=True)
+            )
+            more = f"; and {len(indexes) - SHOWN_PAIRS} more" if len(indexes) > SHOWN_PAIRS else ""
+            which = f"the first tokens of the second texts of {len(indexes)} of {count} pairs ({shown}{more})"
+        message = (
+            f"chunk mode would read only {which}: the windows stop at max_document_tokens (by default 10 x the "
+            f"window that fits beside the query). Pass LongDocuments('chunk', max_document_tokens={max(tokens)}, ...) "
+            "to read them whole, or on_capped='flag' to score their first tokens and flag them capped "
+            "(predict_details, rank)"
+        )
+        super().__init__("max_document_tokens", "must cover every second text, or on_capped='flag'", message=message)
+
+    def __reduce__(self) -> tuple:  # picklable (Ray sends errors between processes)
+        return (type(self), (self.indexes, self.covered, self.tokens, self.count))
 
 
 # ----------------------------------------------------------------------------------------------- windowing
@@ -162,6 +222,14 @@ def window_tokens(room: int, query_tokens: int, chunk_tokens: int | None = None)
     """
     fits = max(room - query_tokens, room // 2, 1)
     return fits if chunk_tokens is None else min(chunk_tokens, fits)
+
+
+def cap_tokens(room: int, query_tokens: int, max_document_tokens: int | None = None, windows: int | None = None) -> int:
+    """The most document tokens chunk mode reads beside a query of ``query_tokens`` tokens: ``max_document_tokens``,
+    else ``windows`` (default 10) x the default window, whatever size the windows are."""
+    if max_document_tokens is not None:
+        return max_document_tokens
+    return (DEFAULT_CAP_WINDOWS if windows is None else windows) * window_tokens(room, query_tokens)
 
 
 def overlap_tokens(window: int, chunk_overlap: int | None = None) -> int:
@@ -179,29 +247,29 @@ def word_starts(word_ids: Sequence[int | None]) -> np.ndarray:
 
 
 def token_windows(
-    offsets: Sequence[Span], word_ids: Sequence[int | None], window: int, overlap: int, max_chunks: int | None
+    offsets: Sequence[Span], word_ids: Sequence[int | None], window: int, overlap: int, max_tokens: int | None
 ) -> tuple[list[tuple[int, int]], int]:
-    """Token ranges ``[a, b)`` of the windows of one document (the first ``max_chunks``) and how many it needs.
+    """Token ranges ``[a, b)`` of the windows over the first ``max_tokens`` tokens of one document (None: all), and
+    how many tokens they cover: ``max_tokens`` cut back to a word boundary, or the whole document when it fits.
 
     Each window holds at most ``window`` tokens and ends at a word boundary; the next starts at the first word
     start at most ``overlap`` tokens before the previous end (always after the previous start).
     """
     n = len(offsets)
-    if n <= window:
-        return [(0, n)], 1
     starts = word_starts(word_ids)
+    if max_tokens is not None and n > max_tokens:
+        n = _cut(starts, offsets, 0, max_tokens)
+    if n <= window:
+        return [(0, n)], n
     windows: list[tuple[int, int]] = []
-    needed = 0
     a = 0
     while True:
-        needed += 1
         # a slice that starts inside a word may tokenize with a word-start marker more (SentencePiece's "▁")
         limit = max(a + 1, a + window - (0 if starts[a] else 1))
         b = n if limit >= n else _cut(starts, offsets, a, limit)
-        if max_chunks is None or len(windows) < max_chunks:
-            windows.append((a, b))
+        windows.append((a, b))
         if b >= n:
-            return windows, needed
+            return windows, b
         nxt = max(b - overlap, a + 1)
         while nxt < b and not starts[nxt]:
             nxt += 1
@@ -244,14 +312,23 @@ class WindowPlan:
     spans: list[Span]  # (windows,) each window's characters in its document
     tokens: list[tuple[int, int]]  # (windows,) each window's tokens [a, b) among its document's own tokens
     chunks: np.ndarray  # (n,) windows scored per input pair
-    needed: np.ndarray  # (n,) windows each document needs without the cap
+    document_tokens: np.ndarray  # (n,) tokens of each document
+    covered: np.ndarray  # (n,) tokens of each document its windows read (all of them unless capped)
     query_truncated: np.ndarray  # (n,) whether longest-first truncation cuts the query of a window pair
-    max_chunks: int
 
     @property
     def capped(self) -> np.ndarray:
-        """(n,) whether a document had more windows than ``max_chunks`` (only the first ones were scored)."""
-        return self.needed > self.chunks
+        """(n,) whether a document was longer than its cap (its windows read only its first tokens)."""
+        return self.covered < self.document_tokens
+
+    def capped_error(self) -> DocumentCappedError | None:
+        """The error for the capped documents, None when there are none."""
+        indexes = np.flatnonzero(self.capped).tolist()
+        if not indexes:
+            return None
+        return DocumentCappedError(
+            indexes, self.covered[indexes].tolist(), self.document_tokens[indexes].tolist(), len(self.chunks)
+        )
 
     def details(self, window_scores: np.ndarray, aggregate: str = "max") -> PairDetails:
         """Per-pair results from the scores of ``pairs`` (one label: shape (windows,)); ``aggregate``: a
@@ -286,9 +363,10 @@ def plan_windows(
     pairs: Sequence[Pair],
     chunk_tokens: int | None = None,
     chunk_overlap: int | None = None,
-    max_chunks: int = DEFAULT_MAX_CHUNKS,
+    max_document_tokens: int | None = None,
 ) -> WindowPlan:
-    """Split the second text of each (validated) pair into windows beside its first text."""
+    """Split the second text of each (validated) pair into windows beside its first text, over its first
+    ``cap_tokens`` tokens."""
     room = tokenizer.max_length - tokenizer.pair_special_tokens
     queries = list(dict.fromkeys(query for query, _ in pairs))
     query_tokens = dict(zip(queries, tokenizer.text_lengths(queries), strict=True))
@@ -297,16 +375,22 @@ def plan_windows(
     spans: list[Span] = []
     tokens: list[tuple[int, int]] = []
     chunks = np.zeros(len(pairs), dtype=np.int64)
-    needed = np.zeros(len(pairs), dtype=np.int64)
+    document_tokens = np.zeros(len(pairs), dtype=np.int64)
+    covered = np.zeros(len(pairs), dtype=np.int64)
     truncated = np.zeros(len(pairs), dtype=bool)
     encodings: list[Encoding] = tokenizer.pieces([doc for _, doc in pairs])
     for index, ((query, doc), encoding) in enumerate(zip(pairs, encodings, strict=True)):
         offsets = encoding.offsets
         q = query_tokens[query]
         window = window_tokens(room, q, chunk_tokens)
-        ranges, needed[index] = token_windows(
-            offsets, encoding.word_ids, window, overlap_tokens(window, chunk_overlap), max_chunks
+        ranges, covered[index] = token_windows(
+            offsets,
+            encoding.word_ids,
+            window,
+            overlap_tokens(window, chunk_overlap),
+            cap_tokens(room, q, max_document_tokens),
         )
+        document_tokens[index] = len(offsets)
         chunks[index] = len(ranges)
         if len(ranges) == 1 and ranges[0] == (0, len(offsets)):  # fits: the original pair, ids as in truncate mode
             out_pairs.append((query, doc))
@@ -321,9 +405,14 @@ def plan_windows(
         owners.extend([index] * len(ranges))
         tokens.extend(ranges)
     return WindowPlan(
-        pairs=out_pairs, owners=np.asarray(owners, dtype=np.int64), spans=spans, tokens=tokens, chunks=chunks,
-        needed=needed,
-        query_truncated=truncated, max_chunks=max_chunks,
+        pairs=out_pairs,
+        owners=np.asarray(owners, dtype=np.int64),
+        spans=spans,
+        tokens=tokens,
+        chunks=chunks,
+        document_tokens=document_tokens,
+        covered=covered,
+        query_truncated=truncated,
     )
 
 
@@ -336,7 +425,8 @@ class PairDetails:
 
     ``scores`` are what ``predict`` returns for the same arguments. ``spans``: the characters of each pair's
     second text behind its score (chunk: the best window; truncate: what survived truncation). ``chunks``: windows
-    scored per pair (1 in truncate mode); ``capped``: documents with more windows than ``max_chunks``.
+    scored per pair (1 in truncate mode); ``capped``: second texts longer than the cap, scored on their first
+    tokens (only with ``on_capped="flag"``; the default raises instead).
     """
 
     scores: np.ndarray

@@ -1,23 +1,39 @@
-"""Long documents: windows by hand, window texts that tokenize as the document, aggregates, spans, the cap and
-left truncation, on the real STSb reference model and on every tokenizer family."""
+"""Long documents: windows by hand, window texts that tokenize as the document, aggregates, spans, the cap (in
+document tokens, whatever the window size; raised or flagged) and left truncation, on the real STSb reference model,
+a tiny model and every tokenizer family."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
+import pickle
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from crossonnx import CrossEncoder, InvalidOptionError, LongDocuments, _pipeline
-from crossonnx.long_documents import WindowPlan, token_windows, trim_span, window_tokens
+from crossonnx import CrossEncoder, InvalidOptionError, LongDocuments, MovedArgumentError, _pipeline
+from crossonnx.long_documents import (
+    DocumentCappedError,
+    WindowPlan,
+    cap_tokens,
+    plan_windows,
+    token_windows,
+    trim_span,
+    window_tokens,
+    word_starts,
+)
 from crossonnx.manifest import TokenizerSpec, load_manifest
 from crossonnx.stsb import load_stsb
 from crossonnx.tokenization import PairTokenizer
 from pairs import FAMILIES
 
+EXAMPLES = int(os.environ.get("CROSSONNX_HYPOTHESIS_EXAMPLES", "40"))
 HAND_QUERY = "A woman is cutting an onion."
 HAND_DOC = "A man is playing a guitar. A woman is slicing an onion. The cat sleeps on the sofa."
 # chunk_tokens=8, chunk_overlap=2 on the 21 one-token words of HAND_DOC (the MiniLM uncased WordPiece vocabulary):
@@ -66,17 +82,22 @@ def test_token_windows_by_hand():
                (42, 43), (44, 49)]
     # window 4, overlap 1: [0,4) ends before "fast"; the next starts 1 token back, at "ride"; [3,6) cannot end
     # inside "skate ##board ##er" (token 7), so it ends at 6; [5,9) would end inside "grind ##s": it ends at 9
-    assert token_windows(offsets, word_ids, 4, 1, None) == ([(0, 4), (3, 6), (5, 9), (9, 12)], 4)
-    assert token_windows(offsets, word_ids, 4, 0, None) == ([(0, 4), (4, 6), (6, 9), (9, 12)], 4)
-    assert token_windows(offsets, word_ids, 4, 1, 2) == ([(0, 4), (3, 6)], 4)  # capped: 2 of 4
-    assert token_windows(offsets, word_ids, 12, 3, 10) == ([(0, 12)], 1)  # fits
-    assert token_windows([], [], 4, 1, 10) == ([(0, 0)], 1)
+    assert token_windows(offsets, word_ids, 4, 1, None) == ([(0, 4), (3, 6), (5, 9), (9, 12)], 12)
+    assert token_windows(offsets, word_ids, 4, 0, None) == ([(0, 4), (4, 6), (6, 9), (9, 12)], 12)
+    # capped at 6, 7 or 8 tokens: cut back to the last word start ("skate", token 6); the windows read [0, 6)
+    for cap in (6, 7, 8):
+        assert token_windows(offsets, word_ids, 4, 1, cap) == ([(0, 4), (3, 6)], 6)
+    assert token_windows(offsets, word_ids, 12, 3, None) == ([(0, 12)], 12)  # fits
+    assert token_windows(offsets, word_ids, 12, 3, 12) == ([(0, 12)], 12)  # fits the cap too
+    assert token_windows(offsets, word_ids, 12, 3, 10) == ([(0, 9)], 9)  # capped inside "grind ##s": one window
+    assert token_windows([], [], 4, 1, 10) == ([(0, 0)], 0)
     # one word longer than a window is cut between tokens that do not share a character (byte-level pieces
     # 1-3 are one 3-byte character: [0, 3) would split it, so the first window is [0, 1)); a window that starts
     # inside the word keeps a token free (window 2 from token 1), and one shorter than a character's pieces ends
     # after the character ([1, 4))
     giant_ids, giant_offsets = [0] * 6, [(0, 1), (1, 2), (1, 2), (1, 2), (2, 3), (3, 4)]
-    assert token_windows(giant_offsets, giant_ids, 3, 0, None) == ([(0, 1), (1, 4), (4, 6)], 3)
+    assert token_windows(giant_offsets, giant_ids, 3, 0, None) == ([(0, 1), (1, 4), (4, 6)], 6)
+    assert token_windows(giant_offsets, giant_ids, 3, 0, 3) == ([(0, 1)], 1)  # a cap inside the character: before it
 
 
 def test_window_size_rule():
@@ -85,6 +106,9 @@ def test_window_size_rule():
     assert window_tokens(509, 10, 600) == 499  # never more than fits: the model sees the whole window
     assert window_tokens(509, 400) == 254  # a long query keeps half (longest-first cuts it), windows the rest
     assert trim_span(" a b  ", 0, 6) == (1, 4)
+    # the cap: max_document_tokens, else 10 default windows beside the query, whatever chunk_tokens is
+    assert cap_tokens(509, 10) == 4990 and cap_tokens(509, 400) == 2540 and cap_tokens(509, 10, 300) == 300
+    assert cap_tokens(509, 10, windows=3) == 1497
 
 
 @pytest.mark.parametrize(
@@ -92,7 +116,12 @@ def test_window_size_rule():
     [
         ({"mode": "split"}, "mode", "mode must be \"truncate\" or \"chunk\", got 'split'"),
         ({"mode": "chunk", "aggregate": "median"}, "aggregate", "aggregate must be one of max, first, mean"),
-        ({"mode": "chunk", "max_chunks": 0}, "max_chunks", "max_chunks must be a positive integer, got 0"),
+        ({"mode": "chunk", "max_document_tokens": 0}, "max_document_tokens",
+         "max_document_tokens must be a positive integer, got 0"),
+        ({"mode": "chunk", "max_document_tokens": 2.0}, "max_document_tokens", "must be a positive integer"),
+        ({"max_document_tokens": 4096}, "max_document_tokens", 'applies to mode "chunk"'),
+        ({"mode": "chunk", "on_capped": "truncate"}, "on_capped", "on_capped must be \"raise\" or \"flag\""),
+        ({"mode": "chunk", "on_capped": None}, "on_capped", "on_capped must be"),
         ({"mode": "chunk", "chunk_tokens": 0}, "chunk_tokens", "chunk_tokens must be a positive integer"),
         ({"mode": "chunk", "chunk_tokens": True}, "chunk_tokens", "chunk_tokens must be a positive integer"),
         ({"mode": "chunk", "chunk_overlap": -1}, "chunk_overlap", "chunk_overlap must be 0 or a positive integer"),
@@ -157,12 +186,10 @@ def family_tokenizers(tiny_exports: dict[str, Path], tmp_path_factory) -> dict[s
 
 @pytest.mark.parametrize("family", [*FAMILIES, "xlm-roberta-unigram"])
 def test_window_texts_tokenize_to_the_documents_tokens(family_tokenizers, family):
-    from crossonnx.long_documents import plan_windows, word_starts
-
     tokenizer = family_tokenizers[family]
     docs = _odd_documents(random.Random(3))
     pairs = [("a short query", doc) for doc in docs]
-    plan = plan_windows(tokenizer, pairs, chunk_tokens=12, chunk_overlap=3, max_chunks=1000)
+    plan = plan_windows(tokenizer, pairs, chunk_tokens=12, chunk_overlap=3, max_document_tokens=10**6)
     pieces = tokenizer.pieces(docs)
     windowed = forced = 0
     for (query, window_text), owner, (a, b), span in zip(plan.pairs, plan.owners, plan.tokens, plan.spans,
@@ -191,6 +218,145 @@ def test_window_texts_tokenize_to_the_documents_tokens(family_tokenizers, family
         assert ranges[0][0] == 0 and ranges[-1][1] == len(pieces[owner].ids)
         for (a0, b0), (a1, _) in itertools.pairwise(ranges):
             assert a0 < a1 <= b0 and b0 - a1 <= 3
+
+
+# -- the cap: document tokens, whatever the window size; raised or flagged ----------------------------------------
+SENTENCES = _sentences()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_small_windows_read_as_far_as_large_ones(family_tokenizers, data):
+    """Any tokenizer family, query, documents, window sizes and cap: the windows read the same first tokens of
+    each document whatever their size (the cap cut back to a word start), with no gap, and exactly the documents
+    longer than that are capped, which the error names."""
+    family = data.draw(st.sampled_from([*FAMILIES, "xlm-roberta-unigram"]), label="family")
+    tokenizer = family_tokenizers[family]
+    rng = random.Random(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    query = " ".join(rng.choice(SENTENCES).split()[: data.draw(st.integers(0, 60), label="query words")])
+    words = data.draw(st.lists(st.integers(1, 900), min_size=1, max_size=5), label="document words")
+    docs = [_filler(rng, SENTENCES, n, set()) for n in words]
+    max_document_tokens = data.draw(st.none() | st.integers(1, 700), label="max_document_tokens")
+    sizes = data.draw(st.lists(st.integers(1, 80), min_size=1, max_size=3, unique=True), label="chunk_tokens")
+    pairs = [(query, doc) for doc in docs]
+    room = tokenizer.max_length - tokenizer.pair_special_tokens
+    default_window = window_tokens(room, tokenizer.text_lengths([query])[0])
+    cap = max_document_tokens or 10 * default_window  # the documented default: 10 default windows' tokens
+    pieces = tokenizer.pieces(docs)
+    lengths = np.array([len(piece.ids) for piece in pieces])
+    plans = {size: plan_windows(tokenizer, pairs, size, None, max_document_tokens) for size in [None, *sizes]}
+    covered = plans[None].covered
+    for i, piece in enumerate(pieces):
+        starts = word_starts(piece.word_ids)
+        if lengths[i] <= cap:
+            assert covered[i] == lengths[i]
+        elif starts[1 : cap + 1].any():  # cut back to the last word start within the cap
+            assert covered[i] <= cap and starts[covered[i]] and not starts[covered[i] + 1 : cap + 1].any()
+    for size, plan in plans.items():
+        np.testing.assert_array_equal(plan.covered, covered, err_msg=f"chunk_tokens={size}")
+        np.testing.assert_array_equal(plan.document_tokens, lengths)
+        np.testing.assert_array_equal(plan.capped, covered < lengths)
+        for owner in range(len(docs)):
+            ranges = [r for r, o in zip(plan.tokens, plan.owners, strict=True) if o == owner]
+            assert ranges[0][0] == 0 and ranges[-1][1] == covered[owner]  # from the start to the cap, no gap
+            assert all(a0 < a1 <= b0 for (a0, b0), (a1, _) in itertools.pairwise(ranges))
+    error = plans[None].capped_error()
+    capped = np.flatnonzero(covered < lengths).tolist()
+    if not capped:
+        assert error is None
+        return
+    assert isinstance(error, InvalidOptionError) and error.field == "max_document_tokens"
+    assert (error.indexes, error.covered, error.tokens) == (capped, covered[capped].tolist(), lengths[capped].tolist())
+    message = str(error)
+    assert f"max_document_tokens={lengths[capped].max()}" in message and "on_capped='flag'" in message
+    if len(capped) == 1:
+        assert f"the first {covered[capped[0]]} of the {lengths[capped[0]]} tokens of pair {capped[0]}'s" in message
+    else:
+        assert f"of {len(capped)} of {len(docs)} pairs (pair {capped[0]}: {covered[capped[0]]} of its" in message
+        assert all(f"pair {i}:" in message for i in capped[:3])
+        assert ("and 2 more" in message) == (len(capped) == 5)
+    assert str(pickle.loads(pickle.dumps(error))) == message  # Ray carries errors between processes
+
+
+def test_capped_documents_raise_before_scoring_or_are_flagged(tiny_encoder, caplog):
+    """The tiny model: the default raises, naming the pairs and the fix; the fix works; "flag" scores their first
+    tokens and flags them."""
+    rng = random.Random(19)
+    query = "A man is playing a guitar."
+    pairs = [(query, "A man plays the guitar."), (query, _filler(rng, SENTENCES, 200, set())),
+             (query, "A dog runs."), (query, _filler(rng, SENTENCES, 300, set()))]
+    options = LongDocuments("chunk", chunk_tokens=16, max_document_tokens=100)
+    flagged = dataclasses.replace(options, on_capped="flag")
+    plan = _pipeline.plan(tiny_encoder, pairs, flagged).windows
+    assert plan is not None and plan.capped.tolist() == [False, True, False, True]
+    tokens = plan.document_tokens[[1, 3]].tolist()
+    calls = {
+        "predict": lambda o: tiny_encoder.predict(pairs, long_documents=o),
+        "predict_details": lambda o: tiny_encoder.predict_details(pairs, long_documents=o),
+        "rank": lambda o: tiny_encoder.rank(query, [doc for _, doc in pairs], long_documents=o),
+        "plan": lambda o: _pipeline.plan(tiny_encoder, pairs, o),  # step 1: nothing is scored yet
+    }
+    for name, call in calls.items():
+        with pytest.raises(DocumentCappedError) as info:
+            call(options)
+        error = info.value
+        assert error.indexes == [1, 3] and error.tokens == tokens, name
+        assert str(error).startswith(
+            f"chunk mode would read only the first tokens of the second texts of 2 of 4 pairs (pair 1: "
+            f"{plan.covered[1]} of its {tokens[0]} tokens; pair 3: {plan.covered[3]} of its {tokens[1]} tokens)"
+        )
+        assert f"LongDocuments('chunk', max_document_tokens={max(tokens)}, ...) to read them whole" in str(error)
+        assert "or on_capped='flag'" in str(error)
+    # the fix it names: every document read whole
+    whole = tiny_encoder.predict_details(pairs, long_documents=dataclasses.replace(options,
+                                                                                   max_document_tokens=max(tokens)))
+    assert not whole.capped.any() and (whole.chunks[[1, 3]] > plan.chunks[[1, 3]]).all()
+    # flag: scored on their first tokens, flagged everywhere, logged by predict
+    with caplog.at_level(logging.WARNING, logger="crossonnx"):
+        scores = tiny_encoder.predict(pairs, long_documents=flagged)
+    assert "2 of 4 documents are longer than max_document_tokens" in caplog.text
+    details = tiny_encoder.predict_details(pairs, long_documents=flagged)
+    np.testing.assert_array_equal(details.scores, scores)
+    assert details.capped.tolist() == [False, True, False, True] and details.chunks.tolist() == plan.chunks.tolist()
+    ranked = tiny_encoder.rank(query, [doc for _, doc in pairs], long_documents=flagged)
+    assert {r["corpus_id"]: r["capped"] for r in ranked} == {0: False, 1: True, 2: False, 3: True}
+    # one capped pair is named alone
+    with pytest.raises(DocumentCappedError, match=r"the first \d+ of the \d+ tokens of pair 0's second text"):
+        tiny_encoder.predict(pairs[3:], long_documents=options)
+
+
+def test_the_default_cap_is_ten_default_windows_whatever_the_window(tiny_encoder):
+    rng = random.Random(23)
+    query = "A woman is slicing an onion."
+    doc = _filler(rng, SENTENCES, 6000, set())
+    pairs = [(query, doc)]
+    cap = _pipeline.cap_of_windows(tiny_encoder, query, 10)  # what Cohere's max_chunks_per_doc=10 stands for
+    covered = {
+        size: _pipeline.plan(tiny_encoder, pairs, LongDocuments("chunk", chunk_tokens=size, on_capped="flag"))
+        .windows.covered[0]  # type: ignore[union-attr]
+        for size in (None, 24, 128)
+    }
+    assert len(set(covered.values())) == 1 and cap - 20 < covered[None] <= cap
+    assert _pipeline.plan(tiny_encoder, pairs, LongDocuments("chunk", max_document_tokens=cap, on_capped="flag")
+                          ).windows.covered[0] == covered[None]  # type: ignore[union-attr]
+    with pytest.raises(DocumentCappedError):
+        tiny_encoder.predict(pairs, long_documents="chunk")
+
+
+def test_max_chunks_names_the_cap_that_replaced_it(tiny_encoder):
+    with pytest.raises(MovedArgumentError, match=r"no longer takes max_chunks=\. The cap is in document tokens now "
+                                                 r".*pass max_document_tokens=192 \(3 windows of 64 tokens\)"):
+        LongDocuments("chunk", chunk_tokens=64, max_chunks=3)
+    with pytest.raises(MovedArgumentError, match=r"max_document_tokens=<tokens>, or leave it out"):
+        LongDocuments("chunk", max_chunks=10)
+    with pytest.raises(MovedArgumentError) as info:
+        tiny_encoder.predict([("a", "b")], chunk_tokens=8, max_chunks=2)  # type: ignore[call-arg]
+    message = str(info.value)
+    assert "long_documents=LongDocuments(mode='chunk', chunk_tokens=8)" in message
+    assert "max_document_tokens=16 (2 windows of 8 tokens)" in message
+    with pytest.raises(TypeError, match="positional"):
+        LongDocuments("chunk", 64)  # type: ignore[misc]  # only mode is positional
 
 
 # -- the real reference model --------------------------------------------------------------------------------
@@ -244,23 +410,28 @@ def test_a_document_that_fits_scores_as_in_truncate_mode(model):
     np.testing.assert_allclose(mixed[:64], truncate, rtol=0, atol=1e-6)
 
 
-def test_the_cap_is_reported(model, caplog):
+def test_a_flagged_document_scores_as_its_first_tokens(model, caplog):
     rng = random.Random(7)
     long_doc = _filler(rng, _sentences(), 1200, set())
     pairs = [("A man is playing a guitar.", long_doc), ("A man is playing a guitar.", "A man plays the guitar.")]
-    uncapped = windows_of(model, pairs, chunk_tokens=64, max_chunks=1000)
-    assert uncapped.chunks[0] > 3 and not uncapped.capped.any()
+    options = LongDocuments("chunk", chunk_tokens=64, max_document_tokens=200, on_capped="flag")
+    plan = windows_of(model, pairs, chunk_tokens=64, max_document_tokens=200, on_capped="flag")
+    covered = int(plan.covered[0])
+    assert 190 <= covered <= 200 and plan.capped.tolist() == [True, False]
     with caplog.at_level(logging.WARNING, logger="crossonnx"):
-        details = model.predict_details(pairs, long_documents=LongDocuments("chunk", chunk_tokens=64, max_chunks=3))
-    assert details.chunks.tolist() == [3, 1] and details.capped.tolist() == [True, False]
-    assert "1 of 2 documents have more than max_chunks=3 windows" in caplog.text
-    # the first 3 windows, as without the cap
-    first3 = model.predict(uncapped.pairs[:3])
-    assert details.scores[0] == first3.max()
-    ranked = model.rank(pairs[0][0], [long_doc, pairs[1][1]],
-                        long_documents=LongDocuments("chunk", chunk_tokens=64, max_chunks=3))
+        details = model.predict_details(pairs, long_documents=options)
+    assert details.capped.tolist() == [True, False] and details.chunks[0] == plan.chunks[0] > 3
+    assert "1 of 2 documents are longer than max_document_tokens" in caplog.text
+    assert f"pair 0: {covered} of {plan.document_tokens[0]} tokens" in caplog.text
+    # the same windows, the same list: the scores of the document cut where the cap cut it
+    prefix = long_doc[: plan.spans[int(plan.chunks[0]) - 1][1]]
+    whole = model.predict_details([(pairs[0][0], prefix), pairs[1]], long_documents=dataclasses.replace(
+        options, on_capped="raise"))
+    assert not whole.capped.any() and whole.chunks.tolist() == details.chunks.tolist()
+    np.testing.assert_array_equal(whole.scores, details.scores)
+    ranked = model.rank(pairs[0][0], [long_doc, pairs[1][1]], long_documents=options)
     by_id = {r["corpus_id"]: r for r in ranked}
-    assert (by_id[0]["chunks"], by_id[0]["capped"]) == (3, True)
+    assert (by_id[0]["chunks"], by_id[0]["capped"]) == (int(plan.chunks[0]), True)
     assert (by_id[1]["chunks"], by_id[1]["capped"]) == (1, False)
 
 
@@ -279,8 +450,8 @@ def test_a_match_at_the_end_ranks_first_in_chunk_mode_only(model):
     assert truncated[0]["corpus_id"] != 0
     assert {r["corpus_id"]: r["score"] for r in truncated}[0] == model.predict((query, fillers[0]))
     # sentence-sized windows: the STSb model compares whole texts, so a window should be about a sentence or two
-    chunked = model.rank(query, documents, long_documents=LongDocuments("chunk", chunk_tokens=32, max_chunks=100),
-                         return_spans=True)
+    # default options: the cap (10 default windows' tokens) reads the whole document, whatever the window size
+    chunked = model.rank(query, documents, long_documents=LongDocuments("chunk", chunk_tokens=32), return_spans=True)
     best = chunked[0]
     assert best["corpus_id"] == 0 and not best["capped"]
     start, end = best["span"]
@@ -340,11 +511,16 @@ def test_cli_rank_and_predict_chunk_flags(reference_export, model, capsys):
                                                                                    chunk_overlap=2))
     assert float(score) == pytest.approx(float(expected), abs=1e-6)
 
-    assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, "--max-chunks", "2"]) == 0
+    # 14 tokens: the first 2 windows, which hold the best
+    capped = ["--max-document-tokens", "14"]
+    assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, *capped,
+                 "--on-capped", "flag"]) == 0
     import json
 
     row = json.loads(capsys.readouterr().out)
-    assert (row["chunks"], row["capped"], row["span"]) == (2, True, [25, 55])  # the first 2 windows hold the best
+    assert (row["chunks"], row["capped"], row["span"]) == (2, True, [25, 55])
+    assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, *capped]) == 2
+    assert "the first 14 of the 21 tokens of pair 0's second text" in capsys.readouterr().err
     assert main(["predict", str(reference_export), "--pair", "a", "b", "--chunk-tokens", "8"]) == 2
     assert "--chunk-tokens applies to --long-documents chunk" in capsys.readouterr().err
 
@@ -360,7 +536,7 @@ def test_score_file_chunks_passages(tmp_path, model):
             {"query": "A man plays guitar.", "passage": "A man is playing a guitar."}]
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    options = LongDocuments("chunk", chunk_tokens=64, max_chunks=4)
+    options = LongDocuments("chunk", chunk_tokens=64, max_document_tokens=200, on_capped="flag")
     result = score_file(model, src, tmp_path / "out.jsonl", long_documents=options, progress=False)
     got = [json.loads(line)["score"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     expected = model.predict([(r["query"], r["passage"]) for r in rows], long_documents=options)
