@@ -2,8 +2,9 @@
 
 A file is read ``chunk_rows`` rows at a time, each chunk is scored with ``CrossEncoder.predict`` and written
 out with every input column kept and a score column added, in input order. Memory depends on the chunk size
-(and, for Parquet, on the input's row-group size), not on the file's length. The output goes to a temporary
-file beside the target, renamed over it only when every row was scored.
+(and, for Parquet, on the input's row-group size), not on the file's length. The output is written in a folder
+beside the target, with a journal of the scored chunks (``crossonnx.scale.resume``: what ``resume`` continues
+from), and renamed over the target only when every row was scored.
 
 Parquet needs pyarrow (the `scale` extra); JSON lines and CSV use the standard library.
 """
@@ -23,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossonnx.errors import CrossOnnxError
 from crossonnx.long_documents import LongDocuments
 from crossonnx.scale import DEFAULT_CHUNK_ROWS, FORMATS, ScaleError, require
 from crossonnx.scale.columns import (
@@ -423,8 +425,8 @@ def score_file(
         try:
             rows, capped = _run(encoder, scoring, reader, journal, fmt, columns, source.name, progress)
             journal.finish()
-        except ScaleError:
-            journal.discard()  # the input is at fault: a resume would stop at the same row
+        except CrossOnnxError:
+            journal.discard()  # the input or an option is at fault: a resume would stop at the same row
             raise
         except BaseException:
             journal.close()

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -168,7 +168,7 @@ class Journal:
         self.folder = state_folder(out)
         self.partial = self.folder / out.name
         self.records: list[Record] = []
-        self.fd: int | None = None
+        self.file: BinaryIO | None = None
         self.end = 0
 
     @property
@@ -190,13 +190,12 @@ class Journal:
             self.folder.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise ScaleError(f"{self.folder} is in the way of score-file's partial output; remove it") from None
-        self.fd = os.open(self.folder / JOURNAL, os.O_RDWR | os.O_CREAT, 0o666)
+        self.file = open(self.folder / JOURNAL, "a+b")  # noqa: SIM115 - closed by close(); writes go to the end
         if fcntl is not None:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                os.close(self.fd)
-                self.fd = None
+                self.close()
                 raise ScaleError(
                     f"another score-file run is writing {self.out} right now (it holds {self.folder}); wait for it "
                     "to finish, or write to another --out"
@@ -221,20 +220,17 @@ class Journal:
                 f"cannot resume {self.out}: " + "; ".join(changes) + ". Run it with the input, model and options of "
                 f"the interrupted run, or delete {self.folder} to start over"
             )
-        os.ftruncate(self.fd, self.end)  # a torn last record goes
+        self.file.truncate(self.end)  # a torn last record goes
 
     def _start(self, fingerprint: dict[str, Any]) -> None:
-        assert self.fd is not None
         self.records = []
-        header = json.dumps({"crossonnx_resume": VERSION, **fingerprint}, ensure_ascii=False).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, header, 0)
-        os.fsync(self.fd)
+        header = json.dumps({"crossonnx_resume": VERSION, **fingerprint}).encode() + b"\n"
+        self.file.truncate(0)  # type: ignore[union-attr]
+        self._write(header)
         self.end = len(header)
 
     def _read_header(self) -> tuple[dict[str, Any] | None, int]:
-        assert self.fd is not None
-        head = os.pread(self.fd, HEADER_LIMIT, 0)
+        head = self._read(0, HEADER_LIMIT)
         line, newline, _ = head.partition(b"\n")
         if not newline:
             return None, 0
@@ -248,15 +244,14 @@ class Journal:
 
     def _scan(self, offset: int) -> tuple[list[Record], int]:
         """The records that are whole and pass their CRC, and where the last one ends."""
-        assert self.fd is not None
         records = []
         while True:
-            head = os.pread(self.fd, RECORD.size, offset)
+            head = self._read(offset, RECORD.size)
             if len(head) < RECORD.size:
                 break
             magic, rows, capped, crc = RECORD.unpack(head)
             size = rows * self.labels * 4
-            data = os.pread(self.fd, size, offset + RECORD.size)
+            data = self._read(offset + RECORD.size, size)
             if magic != MAGIC or len(data) < size or zlib.crc32(data, zlib.crc32(head[4:12])) != crc:
                 break
             records.append(Record(rows, capped, offset + RECORD.size))
@@ -267,21 +262,18 @@ class Journal:
 
     def saved(self) -> Iterator[tuple[Record, np.ndarray]]:
         """The completed chunks, in order, with their scores ((rows,) or (rows, labels) float32)."""
-        assert self.fd is not None
         for record in list(self.records):
-            data = os.pread(self.fd, record.rows * self.labels * 4, record.offset)
+            data = self._read(record.offset, record.rows * self.labels * 4)
             scores = np.frombuffer(data, dtype="<f4").astype(np.float32)
             yield record, scores if self.labels == 1 else scores.reshape(record.rows, self.labels)
 
     def append(self, scores: np.ndarray, capped: int) -> None:
         """Record one completed chunk durably (written and fsync'ed)."""
-        assert self.fd is not None
         data = np.ascontiguousarray(scores, dtype="<f4").tobytes()
         rows = len(scores)
         fields = struct.pack("<II", rows, capped)
         head = MAGIC + fields + struct.pack("<I", zlib.crc32(data, zlib.crc32(fields)))
-        os.pwrite(self.fd, head + data, self.end)
-        os.fsync(self.fd)
+        self._write(head + data)
         self.records.append(Record(rows, capped, self.end + RECORD.size))
         self.end += RECORD.size + len(data)
 
@@ -294,14 +286,28 @@ class Journal:
 
     def discard(self) -> None:
         """Remove the partial output and the journal (the run failed on its input: resuming would fail again)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)  # under the lock
         self.close()
+        if self.folder.exists():  # where an open file cannot be removed
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
         """Release the lock, keeping the state for a later --resume."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _read(self, offset: int, size: int) -> bytes:
+        assert self.file is not None
+        self.file.seek(offset)
+        return self.file.read(size)
+
+    def _write(self, data: bytes) -> None:
+        """Append ``data`` and make it durable."""
+        assert self.file is not None
+        self.file.write(data)
+        self.file.flush()
+        os.fsync(self.file.fileno())
 
 
 def _fsync_file(path: Path) -> None:
