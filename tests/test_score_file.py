@@ -255,3 +255,17 @@ def test_multi_label_models_write_one_list_per_row(tmp_path, three_label_dir, ro
     expected = encoder.predict([(r["query"], r["passage"]) for r in rows[:40]])
     assert expected.shape == (40, 3)
     np.testing.assert_allclose(np.asarray(got, dtype=np.float32), expected, rtol=0, atol=1e-6)
+
+
+def test_a_passage_longer_than_the_chunk_cap_names_its_row(tmp_path, encoder):
+    from crossonnx import LongDocuments
+
+    rows = [{"query": "q", "passage": "short"}] * 29 + [{"query": "q", "passage": "word " * 80}]
+    src = write_rows(tmp_path / "long.jsonl", "jsonl", rows)
+    capped = LongDocuments("chunk", max_document_tokens=16)
+    with pytest.raises(ScaleError, match=r"long.jsonl: .* row 30 \(\d+ of its \d+ tokens\).*Raise it to \d+"):
+        score_file(encoder, src, chunk_rows=8, progress=False, long_documents=capped)
+    assert leftovers(tmp_path) == []
+    flagged = LongDocuments("chunk", max_document_tokens=16, on_capped="flag")
+    result = score_file(encoder, src, chunk_rows=8, progress=False, long_documents=flagged)
+    assert result.rows == 30 and result.details["capped_rows"] == 1

@@ -43,7 +43,7 @@ def _cmd_score_file(args: argparse.Namespace) -> int:
         print(f"resumed after {done:,} rows" if done else "--resume: nothing to resume, scored from the first row",
               file=sys.stderr)
     capped = result.details["capped_rows"]
-    note = f"; {capped:,} passages had more than {options.max_chunks} windows (the first were scored)" if capped else ""
+    note = f"; {capped:,} passages were longer than the cap (their first tokens were scored)" if capped else ""
     print(
         f"scored {result.rows:,} rows in {result.seconds:.2f} s ({result.pairs_per_second:,.0f} pairs/s, "
         f"{encoder.precision}, {encoder.threads} threads) -> {result.out}{note}",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossonnx.long_documents import LongDocuments
+from crossonnx.long_documents import DocumentCappedError, LongDocuments
 from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.scale import ScaleError
 
@@ -73,6 +73,21 @@ class Columns:
 
 
 # ------------------------------------------------------------------------------------------------- errors
+
+
+def capped_error(where: Where, exc: DocumentCappedError, first_row: int = 1) -> ScaleError:
+    """``DocumentCappedError`` in the input's terms: the rows (1-based, from ``first_row``) whose passages are
+    longer than chunk mode's cap, and the fix."""
+    rows = [
+        f"row {first_row + index} ({covered} of its {tokens} tokens)"
+        for index, covered, tokens in zip(exc.indexes[:3], exc.covered[:3], exc.tokens[:3], strict=True)
+    ]
+    more = f" and {len(exc.indexes) - 3} more" if len(exc.indexes) > 3 else ""
+    return ScaleError(
+        f"{where}: chunk mode would read only the first tokens of the passage of {'; '.join(rows)}{more}: the "
+        f"windows stop at max_document_tokens. Raise it to {max(exc.tokens)} to read them whole, or set "
+        "on_capped to flag to score their first tokens and count them"
+    )
 
 
 def missing_column(
@@ -221,8 +236,17 @@ class ScoreOptions:
 
         return CrossEncoder(model_dir, precision=self.precision, provider=self.provider, threads=self.threads)
 
-    def score(self, encoder: CrossEncoder, pairs: list[Pair]) -> Scored:
-        """``predict`` over ``pairs`` with these options (``predict_details`` in chunk mode, for the capped rows)."""
+    def score(self, encoder: CrossEncoder, pairs: list[Pair], first_row: int = 1, where: Where = "input") -> Scored:
+        """``predict`` over ``pairs`` with these options (``predict_details`` in chunk mode, for the capped rows).
+
+        ``first_row`` (1-based) and ``where`` place the pairs in their input for the error that a passage longer
+        than chunk mode's cap raises (``on_capped="raise"``)."""
+        try:
+            return self._score(encoder, pairs)
+        except DocumentCappedError as exc:
+            raise capped_error(where, exc, first_row) from None
+
+    def _score(self, encoder: CrossEncoder, pairs: list[Pair]) -> Scored:
         options = self.long_documents
         if options.mode == "chunk":
             details = encoder.predict_details(

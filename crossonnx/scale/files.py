@@ -384,8 +384,8 @@ def score_file(
     The output has the input's format, columns and row order. ``raw_scores`` writes logits (no activation; chunk
     mode then aggregates logits). ``progress`` None shows the bar when stderr is a terminal. ``long_documents``:
     ``"truncate"`` (default), ``"chunk"`` or a ``LongDocuments``, as in ``CrossEncoder.predict``;
-    ``details["long_documents"]`` holds its fields and ``details["capped_rows"]`` counts the passages with more
-    windows than ``max_chunks``.
+    ``details["long_documents"]`` holds its fields and ``details["capped_rows"]`` counts the passages longer than
+    the cap (``on_capped="flag"``).
 
     The output is written to a folder beside ``out`` (``.<name>.partial/``) with a journal of the scored chunks and
     renamed over ``out`` when every row is scored. A run that was killed or interrupted leaves them there:
@@ -461,7 +461,7 @@ def _run(encoder: CrossEncoder, scoring: ScoreOptions, reader: Any, journal: Jou
                     raise ScaleError(f"{journal.folder} does not match its input; delete it and run again")
                 capped += done.capped
             else:
-                scored = scoring.score(encoder, chunk.pairs)
+                scored = scoring.score(encoder, chunk.pairs, rows + 1, reader.path)
                 scores = scored.scores
                 capped += scored.capped_count
                 journal.append(scores, scored.capped_count)
