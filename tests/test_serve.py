@@ -1,7 +1,8 @@
 """`crossonnx serve` end to end: a real uvicorn server on a loopback port, exercised over HTTP with httpx.
 
 Overload and drain are made deterministic by holding the inference worker inside a gated ``encoder.logits`` call:
-what is queued behind it, and what is in flight when the drain starts, is then known exactly.
+what is queued behind it, and what is in flight when the drain starts, is then known exactly. Non-finite scores come
+from a copy of the tiny export whose graphs really overflow fp16 (or give NaN) on inputs with given words.
 """
 
 from __future__ import annotations
@@ -114,6 +115,24 @@ def test_cohere_rerank_top_n_and_documents(server, encoder, query_texts):
     assert all(r["document"] == {"text": texts[r["index"]]} for r in top)
 
 
+def test_cohere_v2_rerank(server, encoder, query_texts):
+    query, texts = query_texts
+    expected = encoder.predict([(query, t) for t in texts])
+    response = server.post("/v2/rerank", {"model": "any", "query": query, "documents": texts, "top_n": 4})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"id", "results", "meta"} and isinstance(body["id"], str) and body["id"]
+    assert body["meta"] == {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+    assert all(set(r) == {"index", "relevance_score"} for r in body["results"])
+    assert [r["index"] for r in body["results"]] == np.argsort(-expected, kind="stable")[:4].tolist()
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], np.sort(expected)[::-1][:4],
+                               atol=1e-5, rtol=0)
+    raw = server.post("/v2/rerank", {"model": "any", "query": query, "documents": texts, "raw_scores": True}).json()
+    logits = encoder.logits([(query, t) for t in texts])[:, 0]
+    np.testing.assert_allclose([r["relevance_score"] for r in sorted(raw["results"], key=lambda r: r["index"])],
+                               logits, atol=1e-5, rtol=0)
+
+
 def test_predict_scores_in_order(server, encoder):
     pairs = parity_pairs(48)[:12]
     response = server.post("/predict", {"pairs": [list(p) for p in pairs]})
@@ -152,6 +171,11 @@ def test_truncation_by_default_and_413_when_refused(server, encoder):
     assert server.post("/rerank", {"query": "cats", "texts": texts[:1], "truncate": False}).status_code == 200
     cohere = server.post("/v1/rerank", {"query": "cats", "documents": texts, "truncate": False})
     assert (cohere.status_code, cohere.json()["field"]) == (413, "documents[1]")
+    v2_body = {"model": "m", "query": "cats", "documents": texts, "truncate": False}
+    v2 = server.post("/v2/rerank", v2_body)
+    assert (v2.status_code, v2.json()["field"]) == (413, "documents[1]")
+    capped = server.post("/v2/rerank", {**v2_body, "max_tokens_per_doc": 100})  # asks for what fits: no 413
+    assert capped.status_code == 200, capped.text
     pairs = server.post("/predict", {"pairs": [["a", "b"], ["cats", LONG_TEXT]], "truncate": False})
     assert (pairs.status_code, pairs.json()["field"]) == (413, "pairs[1]")
 
@@ -182,6 +206,20 @@ ERRORS = [
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": True}, 422, "Validation", "top_n"),
     ("/v1/rerank", {"query": "q", "documents": []}, 422, "Validation", "documents"),
     ("/v1/rerank", {"query": "q", "documents": ["a"] * 17}, 413, "TooLarge", "documents"),
+    ("/v2/rerank", {"query": "q", "documents": ["a"]}, 422, "Validation", "model"),
+    ("/v2/rerank", {"model": "m", "documents": ["a"]}, 422, "Validation", "query"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": []}, 422, "Validation", "documents"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a", None]}, 422, "Validation", "documents[1]"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": [{"text": "a"}]}, 422, "Validation", "documents[0]"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "top_n": -1}, 422, "Validation", "top_n"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 0}, 422, "Validation",
+     "max_tokens_per_doc"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": True}, 422, "Validation",
+     "max_tokens_per_doc"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"], "max_tokens_per_doc": 513}, 422, "Validation",
+     "max_tokens_per_doc"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a"] * 17}, 413, "TooLarge", "documents"),
+    ("/v2/rerank", {"model": "m", "query": "q", "documents": ["a", "x" * 4001]}, 413, "TooLarge", "documents[1]"),
     ("/predict", {"pairs": [["a", "b"], ["a", "b", "c"]]}, 422, "Validation", "pairs[1]"),
     ("/predict", {"pairs": [["a", 2]]}, 422, "Validation", "pairs[0][1]"),
     ("/predict", {"pairs": ["ab"]}, 422, "Validation", "pairs[0]"),
@@ -319,6 +357,145 @@ def test_a_failing_model_call_is_a_json_500_and_the_server_goes_on(encoder):
         assert (failed.status_code, failed.json()["error_type"]) == (500, "Backend")
         assert running.post("/predict", {"pairs": [["fine", "x"]]}).status_code == 200
         assert _metric(running.get("/metrics").text, "crossonnx_batch_errors_total") == 1
+
+
+# -- non-finite model output ----------------------------------------------------------------------------------
+OVERFLOW_WORD = "guitar"  # inputs with it overflow fp16: their logit gets OVERFLOW_BOOST, past fp16's 65504
+NAN_WORD = "violin"  # inputs with it give NaN at any precision
+OVERFLOW_BOOST = 1e5
+
+
+def _append_non_finite_head(graph: Path, overflow_id: int, nan_id: int, fp16: bool) -> None:
+    """Rewire ``graph``'s output: ``logits + OVERFLOW_BOOST * has(overflow_id)``, rounded through fp16 when
+    ``fp16`` (where it overflows to inf, as fp16 activations do), plus ``sqrt(-has(nan_id))`` (NaN when present)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(graph)
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = ["base_logits" if name == out else name for name in node.output]
+    g.initializer.extend([
+        numpy_helper.from_array(np.array(overflow_id, dtype=np.int64), "overflow_id"),
+        numpy_helper.from_array(np.array(nan_id, dtype=np.int64), "nan_id"),
+        numpy_helper.from_array(np.array(OVERFLOW_BOOST, dtype=np.float32), "overflow_boost"),
+    ])
+    nodes = []
+    for word in ("overflow", "nan"):  # has(word): 1.0 for rows whose input_ids hold its id, else 0.0
+        nodes += [
+            helper.make_node("Equal", ["input_ids", f"{word}_id"], [f"{word}_eq"]),
+            helper.make_node("Cast", [f"{word}_eq"], [f"{word}_eqf"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMax", [f"{word}_eqf"], [f"has_{word}"], axes=[1], keepdims=1),
+        ]
+    nodes += [
+        helper.make_node("Mul", ["has_overflow", "overflow_boost"], ["boost"]),
+        helper.make_node("Add", ["base_logits", "boost"], ["boosted"]),
+        helper.make_node("Neg", ["has_nan"], ["minus_nan"]),
+        helper.make_node("Sqrt", ["minus_nan"], ["nan_or_zero"]),
+    ]
+    if fp16:
+        nodes += [helper.make_node("Cast", ["boosted"], ["boosted_fp16"], to=TensorProto.FLOAT16),
+                  helper.make_node("Cast", ["boosted_fp16"], ["rounded"], to=TensorProto.FLOAT)]
+    nodes.append(helper.make_node("Add", ["rounded" if fp16 else "boosted", "nan_or_zero"], [out]))
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, graph)
+
+
+@pytest.fixture(scope="module")
+def non_finite_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny export (fp32 and fp16 only) whose graphs give inf for OVERFLOW_WORD in fp16 and NaN for
+    NAN_WORD; the manifest records the new files."""
+    pytest.importorskip("onnx")
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from crossonnx.manifest import Manifest, file_record, load_manifest
+
+    target = tmp_path_factory.mktemp("non-finite") / "bert"
+    manifest = load_manifest(model_dir)
+    kept = {name: manifest.precisions[name] for name in ("fp32", "fp16")}
+    target.mkdir()
+    for name in [manifest.tokenizer.file, *(entry.file for entry in kept.values())]:
+        shutil.copy(model_dir / name, target / name)
+    vocab = Tokenizer.from_file(str(target / manifest.tokenizer.file))
+    data = manifest.to_dict()
+    data["precisions"] = {name: entry.to_dict() for name, entry in kept.items()}
+    for name, entry in kept.items():
+        _append_non_finite_head(target / entry.file, vocab.token_to_id(OVERFLOW_WORD), vocab.token_to_id(NAN_WORD),
+                                fp16=name == "fp16")
+        data["precisions"][name].update(file_record(target / entry.file))
+    Manifest.from_dict(data).write(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def fp16_server(non_finite_dir: Path) -> Iterator[Running]:
+    with serving(CrossEncoder(non_finite_dir, precision="fp16", provider="cpu", threads=1)) as running:
+        yield running
+
+
+def _bodies(query: str, texts: list[str]) -> list[tuple[str, dict, str]]:
+    """(path, body, the field naming text i) for every scoring endpoint."""
+    return [
+        ("/rerank", {"query": query, "texts": texts}, "texts"),
+        ("/v1/rerank", {"query": query, "documents": texts}, "documents"),
+        ("/v2/rerank", {"model": "m", "query": query, "documents": texts}, "documents"),
+        ("/predict", {"pairs": [[query, t] for t in texts]}, "pairs"),
+    ]
+
+
+def test_non_finite_output_is_a_json_error_naming_precision_and_fix(fp16_server, non_finite_dir):
+    encoder16 = CrossEncoder(non_finite_dir, precision="fp16", provider="cpu", threads=1)
+    texts = ["a cat on a mat", f"a man plays the {OVERFLOW_WORD}", "a dog"]
+    logits = encoder16.logits([("music", t) for t in texts])[:, 0]
+    assert np.isposinf(logits[1]) and np.isfinite(logits[[0, 2]]).all()  # a real fp16 overflow, on one input
+    assert encoder16.predict([("music", texts[1])])[0] == 1.0  # which the sigmoid alone would hide
+    for path, body, field in _bodies("music", texts):
+        for raw in (False, True):
+            response = fp16_server.post(path, {**body, "raw_scores": raw})
+            assert response.status_code == 500, response.text
+            payload = response.json()
+            assert (payload["error_type"], payload["field"]) == ("NonFinite", f"{field}[1]")
+            assert "fp16" in payload["error"] and "--precision fp32" in payload["error"]
+    fine = fp16_server.post("/predict", {"pairs": [["music", texts[0]], ["music", texts[2]]]})
+    assert fine.status_code == 200  # the same server goes on
+    np.testing.assert_allclose(fine.json()["scores"], encoder16.predict([("music", texts[0]), ("music", texts[2])]),
+                               atol=1e-5, rtol=0)
+    assert _metric(fp16_server.get("/metrics").text, "crossonnx_non_finite_total") == 8
+
+
+def test_non_finite_window_names_its_document(fp16_server):
+    """Chunk mode scores windows: the error names the document the overflowing window belongs to."""
+    texts = ["a dog", "the cat sat on the mat " * 20 + OVERFLOW_WORD]
+    for path, body, field in _bodies("music", texts):
+        if path == "/v2/rerank":  # no chunk mode in v2
+            continue
+        extra = {"max_chunks_per_doc": 50} if path == "/v1/rerank" else {
+            "long_documents": {"mode": "chunk", "chunk_tokens": 16, "max_chunks": 50}}
+        response = fp16_server.post(path, {**body, **extra})
+        assert (response.status_code, response.json()["field"]) == (500, f"{field}[1]"), response.text
+    capped = fp16_server.post("/rerank", {"query": "music", "texts": texts,
+                                          "long_documents": {"mode": "chunk", "chunk_tokens": 16, "max_chunks": 2}})
+    assert capped.status_code == 200  # the overflowing window was not scored
+
+
+def test_fp32_is_the_fix_and_nan_at_fp32_says_so(non_finite_dir):
+    encoder32 = CrossEncoder(non_finite_dir, precision="fp32", provider="cpu", threads=1)
+    pairs = [("music", "a cat on a mat"), ("music", f"a man plays the {OVERFLOW_WORD}")]
+    with serving(encoder32) as running:
+        response = running.post("/predict", {"pairs": [list(p) for p in pairs], "raw_scores": True})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(response.json()["scores"], encoder32.logits(pairs)[:, 0], rtol=1e-6,
+                                   atol=1e-5)
+        assert response.json()["scores"][1] > OVERFLOW_BOOST / 2  # large, and finite in fp32
+
+        nan = running.post("/v2/rerank", {"model": "m", "query": "music", "documents": ["a", f"a {NAN_WORD}"]})
+        assert np.isnan(encoder32.logits([("music", f"a {NAN_WORD}")])).all()
+        assert (nan.status_code, nan.json()["field"]) == (500, "documents[1]")
+        assert "fp32" in nan.json()["error"] and "crossonnx verify" in nan.json()["error"]
 
 
 def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir, encoder):

@@ -96,7 +96,10 @@ def test_cohere_max_chunks_per_doc(server, encoder, long_text):
     for result in got["results"]:
         assert result["relevance_score"] == pytest.approx(float(expected[result["index"]]), abs=1e-6)
     assert "documents [0] have more than max_chunks_per_doc=1 chunks" in got["meta"]["warnings"][0]
-    assert "warnings" not in server.post("/v1/rerank", {"query": QUERY, "documents": documents}).json()["meta"]
+    # each result says what chunk mode did to it, as /rerank's and /predict's do
+    assert {r["index"]: (r["chunks"], r["capped"]) for r in got["results"]} == {0: (1, True), 1: (1, False)}
+    plain = server.post("/v1/rerank", {"query": QUERY, "documents": documents}).json()
+    assert "warnings" not in plain["meta"] and all(set(r) == {"index", "relevance_score"} for r in plain["results"])
 
 
 def test_truncation_direction(server, encoder, long_text):

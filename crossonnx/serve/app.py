@@ -1,10 +1,12 @@
-"""The Starlette app: TEI ``/rerank``, Cohere ``/v1/rerank``, ``/predict``, ``/health``, ``/info``, ``/metrics``.
+"""The Starlette app: TEI ``/rerank``, Cohere ``/v1/rerank`` and ``/v2/rerank``, ``/predict``, ``/health``, ``/info``,
+``/metrics``.
 
 Scoring requests are validated here, queued on the ``DynamicBatcher`` (one inference thread; the event loop only
 parses, queues and answers) and answered with the model's activation applied exactly as ``CrossEncoder.predict``
-applies it, or raw logits with ``raw_scores``. Draining (``ServeState.begin_drain``): new scoring requests get 503
-at once, the ones in flight finish. Middleware: metrics, finishing bodies left unread by an early answer
-(``body``), the API key (``security``).
+applies it, or raw logits with ``raw_scores``. A model output that is not finite (NaN or infinity: e.g. fp16
+overflow) is never answered as a score: ``ServeState.score`` turns it into a JSON error naming the precision.
+Draining (``ServeState.begin_drain``): new scoring requests get 503 at once, the ones in flight finish. Middleware:
+metrics, finishing bodies left unread by an early answer (``body``), the API key (``security``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from crossonnx.serve.schema import (
     LongDocumentRequest,
     RerankRequest,
     ScoreRequest,
+    document_token_cap,
     invalid,
     parse_cohere_chunks,
     parse_cohere_rerank,
+    parse_cohere_v2_rerank,
     parse_json,
     parse_long_documents,
     parse_predict,
@@ -54,7 +58,7 @@ from crossonnx.serve.security import ApiKeyMiddleware, check_api_key
 logger = logging.getLogger("crossonnx.serve")
 
 Pair = tuple[str, str]
-SCORING_ENDPOINTS = ("/rerank", "/v1/rerank", "/predict")
+SCORING_ENDPOINTS = ("/rerank", "/v1/rerank", "/v2/rerank", "/predict")
 ENDPOINTS = (*SCORING_ENDPOINTS, "/health", "/info", "/metrics")
 _HTTP_ERROR_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
 LARGE_BODY_BYTES = 1 << 20
@@ -127,9 +131,11 @@ class ServeState:
             self._idle.set()
 
     # -- scoring ---------------------------------------------------------------------------------------------
-    async def score(self, request: ScoreRequest, runner: Runner | None = None) -> np.ndarray:
+    async def score(
+        self, request: ScoreRequest, runner: Runner | None = None, owners: np.ndarray | None = None
+    ) -> np.ndarray:
         """Scores of ``request.pairs`` as ``CrossEncoder.predict`` returns them (or raw logits); ``runner``: see
-        ``runner_for``."""
+        ``runner_for``; ``owners``: the request item each pair belongs to (chunk mode's windows), for errors."""
         if not request.truncate:
             loop = asyncio.get_running_loop()
             counts = await loop.run_in_executor(None, _pipeline.token_counts, self.encoder, request.pairs)
@@ -154,7 +160,28 @@ class ServeState:
             self.metrics.rejected.labels("draining").inc()
             raise ApiError(503, str(exc), "Unhealthy") from None
         self.metrics.request_pairs.observe(len(request.pairs))
+        self.check_finite(logits, request, owners)
         return _pipeline.scores_from_logits(self.encoder, logits, "identity" if request.raw_scores else None)
+
+    def check_finite(self, logits: np.ndarray, request: ScoreRequest, owners: np.ndarray | None) -> None:
+        """The one check that no NaN or infinity leaves the server as a score. It reads the model's output (logits),
+        before the activation: a sigmoid would turn an overflowed +inf into a plausible 1.0."""
+        finite = np.isfinite(logits).reshape(len(logits), -1).all(axis=1)
+        if finite.all():
+            return
+        row = int(np.argmin(finite))
+        where = f"{request.item_field}[{int(owners[row]) if owners is not None else row}]"
+        precision, provider = self.encoder.precision, self.encoder.provider
+        self.metrics.non_finite.inc()
+        logger.warning("the model's output for %s is not finite (%s on %s)", where, precision, provider)
+        if precision == "fp32":
+            fix = ("fp32 is the widest precision crossonnx runs, so the model itself fails on this input; check the "
+                   "folder with `crossonnx verify` or re-export it")
+        else:
+            fix = (f"{precision} arithmetic overflowed on this input; serve the model at fp32: crossonnx serve "
+                   '--precision fp32 (or the level exact; precision="exact" in Python)')
+        raise ApiError(500, f"the model's output for {where} is not finite (NaN or infinity) at precision "
+                            f"{precision} on {provider}; {fix}", "NonFinite", where)
 
     def runner_for(self, truncation_direction: str | None) -> Runner | None:
         """The batcher runner that truncates from ``truncation_direction`` (None: the default runner)."""
@@ -191,14 +218,37 @@ class ServeState:
                     "it)",
                     where,
                 )
-            if len(plan.pairs) > self.limits.max_queue_pairs:
+            # more windows than texts past the queue: the windows' fault (else the batcher's 413 names the texts)
+            if len(plan.pairs) > self.limits.max_queue_pairs and len(plan.pairs) > len(request.pairs):
                 raise too_large(
                     f"this request makes {len(plan.pairs)} windows, more than this server queues "
-                    f"({self.limits.max_queue_pairs}); send fewer or shorter texts, or lower max_chunks",
-                    "long_documents.max_chunks",
+                    f"({self.limits.max_queue_pairs}); send fewer or shorter texts, or lower "
+                    f"{long_request.cap_field}",
+                    long_request.cap_field,
                 )
             request = dataclasses.replace(request, pairs=plan.pairs, truncate=True)
-        return plan.finish(await self.score(request, self.runner_for(options.truncation_direction)))
+        owners = plan.windows.owners if plan.windows is not None else None
+        return plan.finish(await self.score(request, self.runner_for(options.truncation_direction), owners))
+
+    async def document_token_cap(self, request: CohereRerankRequest) -> LongDocumentRequest:
+        """Cohere v2's ``max_tokens_per_doc`` as long-document options, or 422 when the model cannot take that many
+        document tokens beside this query within its max length."""
+        cap = request.max_tokens_per_doc
+        if cap is not None:
+            query = request.pairs[0][0]
+            loop = asyncio.get_running_loop()
+            used = (await loop.run_in_executor(None, _pipeline.token_counts, self.encoder, [(query, "")]))[0]
+            room = self.encoder.max_length - used
+            if cap > room:
+                most = (f"at most {room} document tokens beside this query" if room > 0
+                        else "no document tokens beside this query")
+                raise invalid(
+                    f"max_tokens_per_doc is {cap}, but the model takes {most} (its max length is "
+                    f"{self.encoder.max_length} tokens, of which the query and the special tokens take {used}); "
+                    "send a smaller value, or leave it out to truncate each document to what fits",
+                    "max_tokens_per_doc",
+                )
+        return document_token_cap(cap)
 
     def require_one_label(self) -> None:
         """Reranking needs a one-label model (the encoder's rule), answered as 422."""
@@ -288,29 +338,48 @@ def _long_document_fields(details: PairDetails, long_request: LongDocumentReques
     return fields
 
 
-async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
-    """Cohere: ``{"id", "results": [{index, relevance_score, document?: {text}}], "meta"}``."""
-    state.require_one_label()
-    request: CohereRerankRequest = parse_cohere_rerank(data, state.limits)
-    long_request = parse_cohere_chunks(data)
-    details = await state.score_details(request, long_request)
+def cohere_answer(
+    request: CohereRerankRequest, details: PairDetails, version: str, long_request: LongDocumentRequest | None = None
+) -> dict[str, Any]:
+    """Cohere's response, v1 or v2: ``{"id", "results": [{index, relevance_score, document?}], "meta"}``, the
+    results sorted by score (the first ``top_n``). v1 in chunk mode (``long_request``): each result says its
+    ``chunks`` and whether it was ``capped``, and ``meta.warnings`` lists the capped documents."""
     scores = details.scores
     values = scores.tolist()
+    chunked = long_request if long_request is not None and long_request.options.mode == "chunk" else None
     results = []
     for index in np.argsort(-scores, kind="stable").tolist()[: request.top_n]:
         item: dict[str, Any] = {"index": index, "relevance_score": values[index]}
         if request.return_documents:
             item["document"] = {"text": request.documents[index]}
+        if chunked is not None:
+            item.update(_long_document_fields(details, chunked, index))
         results.append(item)
     search_units = math.ceil(len(request.documents) / 100)
-    meta: dict[str, Any] = {"api_version": {"version": "1"}, "billed_units": {"search_units": search_units}}
-    if details.capped.any():
+    meta: dict[str, Any] = {"api_version": {"version": version}, "billed_units": {"search_units": search_units}}
+    if chunked is not None and details.capped.any():
         capped = np.flatnonzero(details.capped).tolist()
         meta["warnings"] = [
-            f"documents {capped} have more than max_chunks_per_doc={long_request.options.max_chunks} chunks; "
+            f"documents {capped} have more than max_chunks_per_doc={chunked.options.max_chunks} chunks; "
             "only their first chunks were scored"
         ]
     return {"id": str(uuid.uuid4()), "results": results, "meta": meta}
+
+
+async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
+    """Cohere v1: documents as strings or ``{text}``, ``return_documents``, ``max_chunks_per_doc`` (chunk mode)."""
+    state.require_one_label()
+    request = parse_cohere_rerank(data, state.limits)
+    long_request = parse_cohere_chunks(data)
+    return cohere_answer(request, await state.score_details(request, long_request), "1", long_request)
+
+
+async def cohere_rerank_v2(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
+    """Cohere v2: documents as strings, ``model`` required, ``max_tokens_per_doc`` truncates each document."""
+    state.require_one_label()
+    request = parse_cohere_v2_rerank(data, state.limits)
+    long_request = await state.document_token_cap(request)
+    return cohere_answer(request, await state.score_details(request, long_request), "2")
 
 
 async def predict(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +447,7 @@ def create_app(
     routes = [
         Route("/rerank", scoring_endpoint(rerank), methods=["POST"]),
         Route("/v1/rerank", scoring_endpoint(cohere_rerank), methods=["POST"]),
+        Route("/v2/rerank", scoring_endpoint(cohere_rerank_v2), methods=["POST"]),
         Route("/predict", scoring_endpoint(predict), methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/info", info, methods=["GET"]),

@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `serve` subcommand to the crossonnx parser."""
     p = sub.add_parser(
         "serve",
-        help="serve a model over HTTP: TEI /rerank, Cohere /v1/rerank, /predict, /metrics (needs crossonnx[serve])",
+        help="serve a model over HTTP: TEI /rerank, Cohere /v1/rerank and /v2/rerank, /predict, /metrics (needs "
+             "crossonnx[serve])",
         description="An HTTP rerank service with dynamic batching across requests. Needs: " + SERVE_EXTRA_HINT,
     )
     add_runtime_args(p)

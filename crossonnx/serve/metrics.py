@@ -49,6 +49,8 @@ class ServeMetrics:
         self.queue_wait = Histogram("crossonnx_queue_wait_seconds", "Seconds a request waited for the model",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.batch_errors = Counter("crossonnx_batch_errors", "Model calls that raised", registry=r)
+        self.non_finite = Counter("crossonnx_non_finite", "Scoring requests refused because the model's output was "
+                                  "NaN or infinite (e.g. fp16 overflow)", registry=r)
         self.queue_pairs = Gauge("crossonnx_queue_pairs", "Pairs waiting for the model", registry=r)
         self.queue_requests = Gauge("crossonnx_queue_requests", "Requests waiting for the model", registry=r)
         self.running_pairs = Gauge("crossonnx_running_pairs", "Pairs in the model call now running", registry=r)

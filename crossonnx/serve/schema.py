@@ -1,4 +1,4 @@
-"""Request bodies of the three scoring endpoints: JSON -> typed requests, or an ``ApiError`` naming the field.
+"""Request bodies of the scoring endpoints: JSON -> typed requests, or an ``ApiError`` naming the field.
 
 Statuses: 400 for a body that is not JSON (including nesting too deep to parse and integers of more than
 ``MAX_INT_DIGITS`` digits), 413 for too many or too long texts (and too large bodies), 422 for a wrong type, a missing
@@ -162,11 +162,12 @@ class RerankRequest(ScoreRequest):
 
 @dataclass
 class CohereRerankRequest(ScoreRequest):
-    """Cohere ``POST /v1/rerank``."""
+    """Cohere ``POST /v1/rerank`` and ``POST /v2/rerank``."""
 
     documents: list[str]
     top_n: int | None
-    return_documents: bool
+    return_documents: bool  # v1 only
+    max_tokens_per_doc: int | None = None  # v2 only: document tokens scored, the first ones
 
 
 def parse_rerank(data: dict[str, Any], limits: ServeLimits) -> RerankRequest:
@@ -185,13 +186,31 @@ def parse_rerank(data: dict[str, Any], limits: ServeLimits) -> RerankRequest:
     )
 
 
+def _cohere_model(data: dict[str, Any], required: bool) -> None:
+    """Cohere's ``model``: any name (this server serves one model), a string when given; v2 requires it."""
+    model = data.get("model")
+    if model is None:
+        if required:
+            raise invalid("missing field 'model': Cohere's v2 API requires it (any name: this server serves one "
+                          "model)", "model")
+        return
+    if not isinstance(model, str):
+        raise invalid(f"model must be a string, got {json_type(model)}", "model")
+
+
+def _positive_int(data: dict[str, Any], key: str) -> int | None:
+    """An optional positive integer field (JSON null: not given)."""
+    value = data.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise invalid(f"{key} must be a positive integer, got {shown(value)}", key)
+    return value
+
+
 def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRerankRequest:
-    """Cohere: ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?, "model"?}``."""
+    """Cohere v1: ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?, "model"?}``."""
     fields = _Fields(data, limits)
     query = fields.required_text("query")
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise invalid(f"model must be a string, got {json_type(model)}", "model")
+    _cohere_model(data, required=False)
     documents: list[str] = []
     for i, doc in enumerate(fields.items("documents", "strings or {\"text\": string} objects")):
         if isinstance(doc, dict):
@@ -205,17 +224,41 @@ def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRera
                 f"documents[{i}] must be a string or an object with a 'text' string, got {json_type(doc)}",
                 f"documents[{i}]",
             )
-    top_n = data.get("top_n")
-    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
-        raise invalid(f"top_n must be a positive integer, got {shown(top_n)}", "top_n")
     return CohereRerankRequest(
         pairs=[(query, doc) for doc in documents],
         raw_scores=fields.flag("raw_scores", False),
         truncate=fields.flag("truncate", True),
         item_field="documents",
         documents=documents,
-        top_n=top_n,
+        top_n=_positive_int(data, "top_n"),
         return_documents=fields.flag("return_documents", False),
+    )
+
+
+def parse_cohere_v2_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRerankRequest:
+    """Cohere v2: ``{"model", "query", "documents": [str], "top_n"?, "max_tokens_per_doc"?}``. Whether the model
+    can take ``max_tokens_per_doc`` tokens beside the query is the app's check (it needs the tokenizer)."""
+    fields = _Fields(data, limits)
+    _cohere_model(data, required=True)
+    query = fields.required_text("query")
+    documents: list[str] = []
+    for i, doc in enumerate(fields.items("documents", "strings")):
+        if isinstance(doc, dict):
+            raise invalid(f"documents[{i}] must be a string, got an object (v2 takes plain strings; /v1/rerank takes "
+                          "{\"text\": ...} objects)", f"documents[{i}]")
+        documents.append(fields.text(doc, f"documents[{i}]"))
+    spans = data.get("relevant_spans")
+    if spans is not None and not (isinstance(spans, dict) and spans.get("mode") == "disabled"):
+        raise invalid("this server does not return relevant spans; leave relevant_spans out", "relevant_spans")
+    return CohereRerankRequest(
+        pairs=[(query, doc) for doc in documents],
+        raw_scores=fields.flag("raw_scores", False),
+        truncate=fields.flag("truncate", True),
+        item_field="documents",
+        documents=documents,
+        top_n=_positive_int(data, "top_n"),
+        return_documents=False,
+        max_tokens_per_doc=_positive_int(data, "max_tokens_per_doc"),
     )
 
 
@@ -237,8 +280,8 @@ def parse_predict(data: dict[str, Any], limits: ServeLimits) -> ScoreRequest:
 
 
 # -- long documents (crossonnx.long_documents): an extension object on /rerank and /predict, Cohere's
-# max_chunks_per_doc on /v1/rerank and TEI's truncation_direction. The fields' rules are LongDocuments' own: a value
-# it refuses is answered as 422 naming the JSON field it came from. -------------------------------------------
+# max_chunks_per_doc on /v1/rerank and max_tokens_per_doc on /v2/rerank, TEI's truncation_direction. The fields'
+# rules are LongDocuments' own: a value it refuses is answered as 422 naming the JSON field it came from. ---------
 LONG_DOCUMENT_KEYS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "return_spans")
 # LongDocuments field -> the request field it comes from
 LONG_DOCUMENT_PATHS = {
@@ -250,11 +293,13 @@ COHERE_PATHS = {"max_chunks": "max_chunks_per_doc"}
 
 @dataclass
 class LongDocumentRequest:
-    """How a request wants long texts handled; ``active`` False means exactly the default behaviour."""
+    """How a request wants long texts handled; ``active`` False means exactly the default behaviour.
+    ``cap_field``: the request field that caps the windows per document (named when they overflow the queue)."""
 
     options: LongDocuments
     return_spans: bool = False
     active: bool = False
+    cap_field: str = "long_documents.max_chunks"
 
 
 def long_document_options(paths: dict[str, str], **fields: Any) -> LongDocuments:
@@ -302,8 +347,20 @@ def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
 
 
 def parse_cohere_chunks(data: dict[str, Any]) -> LongDocumentRequest:
-    """Cohere's ``max_chunks_per_doc``: when given, documents are chunked (default windows, max of the scores)."""
+    """Cohere v1's ``max_chunks_per_doc``: when given, documents are chunked (default windows, max of the scores)."""
     value = data.get("max_chunks_per_doc")
     if value is None:
         return LongDocumentRequest(LongDocuments())
-    return LongDocumentRequest(long_document_options(COHERE_PATHS, mode="chunk", max_chunks=value), active=True)
+    return LongDocumentRequest(long_document_options(COHERE_PATHS, mode="chunk", max_chunks=value), active=True,
+                               cap_field="max_chunks_per_doc")
+
+
+def document_token_cap(max_tokens_per_doc: int | None) -> LongDocumentRequest:
+    """Cohere v2's ``max_tokens_per_doc`` (validated, and known to fit beside the query): each document is scored
+    on its first window of at most that many tokens, ending at a word boundary (``long_documents``' one window);
+    not given: the model's own truncation."""
+    if max_tokens_per_doc is None:
+        return LongDocumentRequest(LongDocuments())
+    options = LongDocuments(mode="chunk", chunk_tokens=max_tokens_per_doc, chunk_overlap=0, max_chunks=1,
+                            aggregate="first")
+    return LongDocumentRequest(options, active=True, cap_field="max_tokens_per_doc")
