@@ -162,7 +162,8 @@ def journal_bytes(out: Path) -> bytes:
     return (state_folder(out) / JOURNAL).read_bytes()
 
 
-def test_resume_refuses_another_input_model_or_option_and_names_it(tmp_path, killed, encoder, tiny_exports):
+def test_resume_refuses_another_input_model_or_option_and_names_it(tmp_path, killed, encoder, tiny_exports,
+                                                                   two_label_dir):
     src, out, want = killed
     kept = journal_bytes(out)
     kwargs = {"chunk_rows": CHUNK, "batch_size": 2, "progress": False, "resume": True}
@@ -181,6 +182,8 @@ def test_resume_refuses_another_input_model_or_option_and_names_it(tmp_path, kil
     refused(r"--threads is 2, the interrupted run used 1", encoder=CrossEncoder(encoder.model_dir, provider="cpu",
                                                                                threads=2))
     refused(r"the model changed: .*roberta", encoder=CrossEncoder(tiny_exports["roberta"], provider="cpu", threads=1))
+    refused(r"the model changed: .*; the model's number of labels is 2, the interrupted run used 1",
+            encoder=CrossEncoder(two_label_dir, provider="cpu", threads=1))
 
     edited = tmp_path / "pairs.jsonl"
     edited.write_bytes(src.read_bytes().replace(b'"id": 3,', b'"id": 4,', 1))

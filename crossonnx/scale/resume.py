@@ -201,8 +201,8 @@ class Journal:
                     "to finish, or write to another --out"
                 ) from None
         header, self.end = self._read_header()
-        if header is not None:
-            self.records, self.end = self._scan(self.end)
+        if header is not None:  # scanned with the labels the records were written with
+            self.records, self.end = self._scan(self.end, int(header.get("options", {}).get("num_labels", 1)))
         if header is None or not self.records:
             self._start(fingerprint)  # nothing done yet: nothing to keep
             return
@@ -242,15 +242,19 @@ class Journal:
             return None, 0
         return header, len(line) + 1
 
-    def _scan(self, offset: int) -> tuple[list[Record], int]:
+    def _scan(self, offset: int, labels: int) -> tuple[list[Record], int]:
         """The records that are whole and pass their CRC, and where the last one ends."""
+        assert self.file is not None
+        length = os.fstat(self.file.fileno()).st_size
         records = []
         while True:
             head = self._read(offset, RECORD.size)
             if len(head) < RECORD.size:
                 break
             magic, rows, capped, crc = RECORD.unpack(head)
-            size = rows * self.labels * 4
+            size = rows * labels * 4
+            if magic != MAGIC or offset + RECORD.size + size > length:
+                break
             data = self._read(offset + RECORD.size, size)
             if magic != MAGIC or len(data) < size or zlib.crc32(data, zlib.crc32(head[4:12])) != crc:
                 break
