@@ -12,12 +12,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from crossonnx import CrossEncoder
+from crossonnx import CrossEncoder, LongDocuments
 from crossonnx.scale import ScaleError
 from crossonnx.scale.columns import Columns
 from crossonnx.scale.files import score_file
@@ -216,3 +217,35 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
             score_file(encoder, src, out, progress=False, resume=True)
     assert score_file(encoder, src, out, progress=False).rows == 20  # an empty journal: nothing to keep
     assert not state_folder(out).exists() and sorted(os.listdir(tmp_path)) == ["out.csv", "pairs.csv"]
+
+
+def test_an_interrupted_python_call_resumes_with_its_capped_count(tmp_path, encoder, rows):
+    """score_file() stopped by Ctrl-C (SIGINT to this process after 3 chunks) resumes to the same bytes, and the
+    capped passages of the chunks scored before the interruption are still counted."""
+    flag = LongDocuments("chunk", max_document_tokens=16, on_capped="flag")
+    kwargs = {"chunk_rows": CHUNK, "batch_size": 2, "progress": False, "long_documents": flag}
+    src = write_rows(tmp_path / "pairs.parquet", "parquet", rows)
+    want = score_file(encoder, src, tmp_path / "want.parquet", **kwargs)
+    out = tmp_path / "out.parquet"
+    stop = threading.Event()
+
+    def interrupt() -> None:
+        while not stop.is_set():
+            if chunks_done(out) >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score_file(encoder, src, out, **kwargs)
+    finally:
+        stop.set()
+        thread.join()
+    assert not out.exists() and chunks_done(out) >= 3
+    result = score_file(encoder, src, out, resume=True, **kwargs)
+    assert result.resumed_rows >= 3 * CHUNK and result.rows == ROWS
+    assert out.read_bytes() == want.out.read_bytes()
+    assert result.details["capped_rows"] == want.details["capped_rows"] > 0
