@@ -1,20 +1,20 @@
 """``crossonnx tune``: measure, on this machine, every variant a model folder holds and this machine runs, and keep
 the result where ``CrossEncoder`` finds it.
 
-Each variant (provider, precision) is measured in one process, all of them loaded first and then taking turns over
-two rounds (the second in reverse order, and cut short at the time limit) so that drift in a shared machine's load
-hits all of them alike: throughput (pairs/s on query-passage pairs of real text,
-at the engine's token budget, half of it and twice it; the best is kept) and batch-1 latency (p50 of one-pair
+All variants (provider, precision) are loaded into one process and then take turns over two rounds (the second in
+reverse order, cut short at the time limit), so that drift in a shared machine's load hits all of them alike. Each
+turn measures throughput (pairs/s on query-passage pairs of real text, at the engine's token budget, half of it and
+twice it, those of them that batch the pairs differently; the best is kept) and batch-1 latency (p50 of one-pair
 calls). The result is stored as JSON in the crossonnx cache under a key made of the folder's checksums (from its
-manifest), the CPU (model name and flags), the thread count and the versions of the libraries that run it; a
-result whose key no longer matches (the folder re-exported, another CPU, an upgrade) is never found again.
+manifest), the CPU (model name and flags), the thread count and the versions of the libraries that run it; a result
+whose key no longer matches (the folder re-exported, another CPU, an upgrade) is never found again.
 
 ``CrossEncoder`` reads it (``load_tuned``): a level and ``provider="auto"`` then choose the fastest variant for
 the workload asked for (``"throughput"`` by default, or ``"latency"``), and ``token_budget="auto"`` takes the
 measured best budget. Without a stored result the static rules of crossonnx/levels.py and crossonnx/engines apply.
-Both measurements are stored; the workload only changes the pick.
+Both measurements are stored; the workload only changes the pick. A service calls ``ensure_tuned`` before loading
+its encoder to measure once per folder, machine and upgrade.
 """
-
 from __future__ import annotations
 
 import functools
@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from crossonnx import cpu
+from crossonnx.batching import plan_batches
 from crossonnx.errors import PrecisionNotExportedError
 from crossonnx.levels import LEVELS, Machine, agreement, resolve_level, shortfall, variant_key
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, load_manifest
 from crossonnx.paths import cache_root
 from crossonnx.precisions import PRECISIONS, TENSORRT
+from crossonnx.tokenization import PairTokenizer
 from crossonnx.versions import library_versions
 
 logger = logging.getLogger("crossonnx")
@@ -250,6 +252,17 @@ class _Tally:
     latencies_ms: list[float] = field(default_factory=list)
 
 
+def _distinct(budgets: set[int], own: int, chunks: list[Any]) -> dict[int, list[float]]:
+    """The budgets that batch the measured chunks (their token lengths) differently, each with [pairs, seconds] at
+    zero. Of budgets that cut every chunk alike (those beyond what ``ROWS`` rows of these pairs fill) only one is
+    measured: the engine's own where it is one of them, else the smallest."""
+    alike: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for budget in sorted(budgets):
+        plan = tuple(tuple(len(rows) for rows in plan_batches(lengths, ROWS, budget)) for lengths in chunks)
+        alike.setdefault(plan, []).append(budget)
+    return {own if own in group else group[0]: [0, 0.0] for group in alike.values()}
+
+
 def _throughput(encoder: _Scorer, pairs: list[tuple[str, str]], seconds: float) -> tuple[int, float]:
     """Pairs scored and seconds taken, scoring chunks of ``pairs`` from the start until ``seconds`` passed."""
     done, elapsed, start = 0, 0.0, 0
@@ -299,6 +312,9 @@ def tune(
         raise PrecisionNotExportedError(
             f"{model_dir} holds no precision this machine runs (exported: {', '.join(manifest.precisions)})")
     pairs = query_passage_pairs(PAIRS, 0)
+    tokenizer = PairTokenizer(Path(model_dir) / manifest.tokenizer.file, manifest.tokenizer, manifest.max_length,
+                              manifest.inputs)
+    chunks = [tokenizer.encode(pairs[start : start + CHUNK]).lengths for start in range(0, len(pairs), CHUNK)]
     encoders: dict[tuple[str, str], _Scorer] = {}
     tallies: dict[tuple[str, str], _Tally] = {}
     for provider, precision in variants:
@@ -307,9 +323,9 @@ def tune(
         encoder.predict(pairs[:WARM_UP], batch_size=ROWS)  # thread pools, first shapes
         encoder.predict([pairs[0]], batch_size=1)
         own = int(encoder.token_budget or DEFAULT_BUDGET)
-        budgets = sorted({max(MIN_BUDGET, int(own * factor)) for factor in BUDGET_FACTORS})
+        budgets = _distinct({max(MIN_BUDGET, int(own * factor)) for factor in BUDGET_FACTORS}, own, chunks)
         encoders[provider, precision] = encoder
-        tallies[provider, precision] = _Tally(own, {budget: [0, 0.0] for budget in budgets})
+        tallies[provider, precision] = _Tally(own, budgets)
     deadline = began + seconds
     turn = max(deadline - time.perf_counter(), 0.0) / (ROUNDS * len(variants))
     for round_no in range(ROUNDS):
@@ -339,6 +355,21 @@ def tune(
                         time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), str(Path(model_dir).resolve()))
     path = store(result)
     return TuneResult(**{**result.__dict__, "path": path})
+
+
+def ensure_tuned(
+    model_dir: str | Path,
+    threads: int | None = None,
+    seconds: float = DEFAULT_SECONDS,
+    log: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """The result stored for ``model_dir`` on this machine with ``threads``, measured first (``tune``) where none
+    matches."""
+    from crossonnx.engines import default_threads
+
+    threads = default_threads() if threads is None else threads
+    found = load_tuned(load_manifest(model_dir), threads)
+    return found if found is not None else tune(model_dir, seconds, threads, log)
 
 
 # --- what it prints ------------------------------------------------------------------------------------------------
