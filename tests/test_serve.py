@@ -131,6 +131,7 @@ def test_cohere_v2_rerank(server, encoder, query_texts):
     logits = encoder.logits([(query, t) for t in texts])[:, 0]
     np.testing.assert_allclose([r["relevance_score"] for r in sorted(raw["results"], key=lambda r: r["index"])],
                                logits, atol=1e-5, rtol=0)
+    assert _metric(server.get("/metrics").text, "crossonnx_requests_total", endpoint="/v2/rerank", status="200") >= 2
 
 
 def test_predict_scores_in_order(server, encoder):
@@ -473,13 +474,14 @@ def test_non_finite_window_names_its_document(fp16_server):
     for path, body, field in _bodies("music", texts):
         if path == "/v2/rerank":  # no chunk mode in v2
             continue
-        extra = {"max_chunks_per_doc": 50} if path == "/v1/rerank" else {
-            "long_documents": {"mode": "chunk", "chunk_tokens": 16, "max_chunks": 50}}
+        extra = {"max_chunks_per_doc": 5} if path == "/v1/rerank" else {
+            "long_documents": {"mode": "chunk", "chunk_tokens": 16}}
         response = fp16_server.post(path, {**body, **extra})
         assert (response.status_code, response.json()["field"]) == (500, f"{field}[1]"), response.text
-    capped = fp16_server.post("/rerank", {"query": "music", "texts": texts,
-                                          "long_documents": {"mode": "chunk", "chunk_tokens": 16, "max_chunks": 2}})
-    assert capped.status_code == 200  # the overflowing window was not scored
+    capped = fp16_server.post("/rerank", {"query": "music", "texts": texts, "long_documents": {
+        "mode": "chunk", "chunk_tokens": 16, "max_document_tokens": 40, "on_capped": "flag"}})
+    assert capped.status_code == 200, capped.text  # the overflowing word was not read
+    assert [item["capped"] for item in sorted(capped.json(), key=lambda item: item["index"])] == [False, True]
 
 
 def test_fp32_is_the_fix_and_nan_at_fp32_says_so(non_finite_dir):

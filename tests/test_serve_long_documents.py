@@ -62,23 +62,43 @@ def test_rerank_chunks_like_rank_with_spans(server, encoder, long_text):
         assert item["score"] == pytest.approx(want["score"], abs=1e-6)  # other batches: fp32 rounding
         assert (item["span"], item["chunks"], item["capped"]) == (list(want["span"]), want["chunks"], want["capped"])
     assert got[0]["index"] == 1 and DOC[slice(*got[0]["span"])] == ". A woman is slicing an onion."
-    assert {item["index"]: item["capped"] for item in got} == {0: True, 1: False, 2: False}  # > 10 windows of 8
+    assert not any(item["capped"] for item in got)  # the default cap reads ~800 tokens whole
     # without the extension nothing changes: TEI's own fields only
     plain = server.post("/rerank", {"query": QUERY, "texts": texts}).json()
     assert all(set(item) == {"index", "score"} for item in plain)
 
 
+def test_capped_documents_are_refused_or_flagged(server, encoder, long_text):
+    texts = [DOC, long_text]
+    spec = {"mode": "chunk", "chunk_tokens": 32, "max_document_tokens": 100}
+    refused = server.post("/rerank", {"query": QUERY, "texts": texts, "long_documents": spec})  # on_capped "raise"
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "long_documents.max_document_tokens"
+    assert "texts[1] has" in refused.json()["error"] and '"flag"' in refused.json()["error"]
+    flagged = server.post("/rerank", {"query": QUERY, "texts": texts,
+                                      "long_documents": {**spec, "on_capped": "flag"}})
+    assert flagged.status_code == 200, flagged.text
+    options = LongDocuments("chunk", chunk_tokens=32, max_document_tokens=100, on_capped="flag")
+    expected = {r["corpus_id"]: r for r in encoder.rank(QUERY, texts, long_documents=options)}
+    for item in flagged.json():
+        want = expected[item["index"]]
+        assert (item["chunks"], item["capped"]) == (want["chunks"], want["capped"])
+        assert item["score"] == pytest.approx(want["score"], abs=1e-6)
+    assert {item["index"]: item["capped"] for item in flagged.json()} == {0: False, 1: True}
+
+
 def test_predict_chunks_and_spans(server, encoder, long_text):
     pairs = [[QUERY, DOC], [QUERY, long_text]]
-    body = {"pairs": pairs, "long_documents": {"mode": "chunk", "max_chunks": 2, "aggregate": "mean",
-                                               "return_spans": True}}
+    body = {"pairs": pairs, "long_documents": {"mode": "chunk", "chunk_tokens": 64, "max_document_tokens": 200,
+                                               "on_capped": "flag", "aggregate": "mean", "return_spans": True}}
     response = server.post("/predict", body)
     assert response.status_code == 200, response.text
     got = response.json()
-    details = encoder.predict_details([tuple(p) for p in pairs],
-                                      long_documents=LongDocuments("chunk", max_chunks=2, aggregate="mean"))
+    options = LongDocuments("chunk", chunk_tokens=64, max_document_tokens=200, on_capped="flag", aggregate="mean")
+    details = encoder.predict_details([tuple(p) for p in pairs], long_documents=options)
     np.testing.assert_allclose(got["scores"], details.scores, rtol=0, atol=1e-6)
-    assert got["chunks"] == [1, 2] and got["capped"] == [False, True]
+    assert got["chunks"] == details.chunks.tolist() and got["chunks"][0] == 1 and got["chunks"][1] > 1
+    assert got["capped"] == [False, True]
     assert got["spans"] == [list(span) for span in details.spans]
     # truncate mode spans: what survived truncation
     spans = server.post("/predict", {"pairs": pairs, "long_documents": {"return_spans": True}}).json()["spans"]
@@ -92,10 +112,14 @@ def test_cohere_max_chunks_per_doc(server, encoder, long_text):
     response = server.post("/v1/rerank", {"query": QUERY, "documents": documents, "max_chunks_per_doc": 1})
     assert response.status_code == 200, response.text
     got = response.json()
-    expected = encoder.predict([(QUERY, d) for d in documents], long_documents=LongDocuments("chunk", max_chunks=1))
+    # one chunk: the tokens of one default window beside the query; Cohere never refuses a longer document
+    cap = _pipeline.cap_of_windows(encoder, QUERY, 1)
+    expected = encoder.predict([(QUERY, d) for d in documents],
+                               long_documents=LongDocuments("chunk", max_document_tokens=cap, on_capped="flag"))
     for result in got["results"]:
         assert result["relevance_score"] == pytest.approx(float(expected[result["index"]]), abs=1e-6)
-    assert "documents [0] have more than max_chunks_per_doc=1 chunks" in got["meta"]["warnings"][0]
+    assert f"documents [0] are longer than max_chunks_per_doc=1 chunks hold ({cap} tokens)" in \
+        got["meta"]["warnings"][0]
     # each result says what chunk mode did to it, as /rerank's and /predict's do
     assert {r["index"]: (r["chunks"], r["capped"]) for r in got["results"]} == {0: (1, True), 1: (1, False)}
     plain = server.post("/v1/rerank", {"query": QUERY, "documents": documents}).json()
@@ -123,12 +147,11 @@ def test_chunk_mode_needs_no_truncation(server, long_text):
     assert chunked.json()[0]["chunks"] > 1
 
 
-def test_too_many_windows_is_413_naming_max_chunks(server, long_text):
-    body = {"query": QUERY, "texts": [long_text] * 16, "long_documents": {"mode": "chunk", "chunk_tokens": 16,
-                                                                          "max_chunks": 50}}
+def test_too_many_windows_is_413_naming_the_cap(server, long_text):
+    body = {"query": QUERY, "texts": [long_text] * 16, "long_documents": {"mode": "chunk", "chunk_tokens": 16}}
     response = server.post("/rerank", body)
     assert response.status_code == 413
-    assert response.json()["field"] == "long_documents.max_chunks" and "windows" in response.json()["error"]
+    assert response.json()["field"] == "long_documents.max_document_tokens" and "windows" in response.json()["error"]
 
 
 BASE = {"query": QUERY, "texts": [DOC]}
@@ -146,8 +169,13 @@ BASE = {"query": QUERY, "texts": [DOC]}
          "long_documents.chunk_overlap"),
         ("/rerank", {"long_documents": {"chunk_tokens": 8}}, "long_documents.chunk_tokens"),
         ("/rerank", {"long_documents": {"mode": "chunk", "aggregate": "median"}}, "long_documents.aggregate"),
-        ("/rerank", {"long_documents": {"mode": "chunk", "max_chunks": 0}}, "long_documents.max_chunks"),
-        ("/rerank", {"long_documents": {"mode": "chunk", "max_chunks": True}}, "long_documents.max_chunks"),
+        ("/rerank", {"long_documents": {"mode": "chunk", "max_document_tokens": 0}},
+         "long_documents.max_document_tokens"),
+        ("/rerank", {"long_documents": {"mode": "chunk", "max_document_tokens": True}},
+         "long_documents.max_document_tokens"),
+        ("/rerank", {"long_documents": {"max_document_tokens": 100}}, "long_documents.max_document_tokens"),
+        ("/rerank", {"long_documents": {"mode": "chunk", "on_capped": "drop"}}, "long_documents.on_capped"),
+        ("/rerank", {"long_documents": {"mode": "chunk", "max_chunks": 3}}, "long_documents.max_chunks"),
         ("/rerank", {"long_documents": {"return_spans": "yes"}}, "long_documents.return_spans"),
         ("/rerank", {"long_documents": {"mode": "chunk", "chunk_size": 8}}, "long_documents.chunk_size"),
         ("/rerank", {"truncation_direction": "up"}, "truncation_direction"),

@@ -31,7 +31,7 @@ from starlette.routing import Route
 import crossonnx
 from crossonnx import _pipeline
 from crossonnx.encoder import CrossEncoder
-from crossonnx.long_documents import PairDetails
+from crossonnx.long_documents import DocumentCappedError, LongDocuments, PairDetails
 from crossonnx.serve.batcher import Draining, DynamicBatcher, QueueFull, RequestTooLarge, Runner
 from crossonnx.serve.body import FinishBodyMiddleware, read_body, require_json
 from crossonnx.serve.limits import ServeLimits
@@ -42,9 +42,10 @@ from crossonnx.serve.schema import (
     LongDocumentRequest,
     RerankRequest,
     ScoreRequest,
+    capped_documents,
+    cohere_chunks,
     document_token_cap,
     invalid,
-    parse_cohere_chunks,
     parse_cohere_rerank,
     parse_cohere_v2_rerank,
     parse_json,
@@ -206,9 +207,12 @@ class ServeState:
         if options.mode == "truncate" and not long_request.return_spans:
             plan = _pipeline.plan(self.encoder, request.pairs, options)  # nothing to tokenize: no thread hop
         else:
-            plan = await asyncio.get_running_loop().run_in_executor(
-                None, _pipeline.plan, self.encoder, request.pairs, options, long_request.return_spans
-            )
+            try:
+                plan = await asyncio.get_running_loop().run_in_executor(
+                    None, _pipeline.plan, self.encoder, request.pairs, options, long_request.return_spans
+                )
+            except DocumentCappedError as exc:  # on_capped "raise": before anything is scored
+                raise capped_documents(exc, request.item_field, long_request.cap_field) from None
         if plan.windows is not None:
             if not request.truncate and plan.query_truncated.any():
                 where = f"{request.item_field}[{int(np.argmax(plan.query_truncated))}]"
@@ -230,24 +234,31 @@ class ServeState:
         owners = plan.windows.owners if plan.windows is not None else None
         return plan.finish(await self.score(request, self.runner_for(options.truncation_direction), owners))
 
-    async def document_token_cap(self, request: CohereRerankRequest) -> LongDocumentRequest:
-        """Cohere v2's ``max_tokens_per_doc`` as long-document options, or 422 when the model cannot take that many
-        document tokens beside this query within its max length."""
+    async def cohere_long_documents(self, request: CohereRerankRequest) -> LongDocumentRequest:
+        """Cohere's long-document fields beside this request's query: v1's ``max_chunks_per_doc`` (chunk mode over
+        that many default windows' tokens), v2's ``max_tokens_per_doc`` (each document's first tokens; 422 when the
+        model cannot take that many beside the query). Neither refuses a long document: it is read in part."""
+        query = request.pairs[0][0]
+        loop = asyncio.get_running_loop()
+        if request.max_chunks_per_doc is not None:
+            tokens = await loop.run_in_executor(
+                None, _pipeline.cap_of_windows, self.encoder, query, request.max_chunks_per_doc
+            )
+            return cohere_chunks(tokens)
         cap = request.max_tokens_per_doc
-        if cap is not None:
-            query = request.pairs[0][0]
-            loop = asyncio.get_running_loop()
-            used = (await loop.run_in_executor(None, _pipeline.token_counts, self.encoder, [(query, "")]))[0]
-            room = self.encoder.max_length - used
-            if cap > room:
-                most = (f"at most {room} document tokens beside this query" if room > 0
-                        else "no document tokens beside this query")
-                raise invalid(
-                    f"max_tokens_per_doc is {cap}, but the model takes {most} (its max length is "
-                    f"{self.encoder.max_length} tokens, of which the query and the special tokens take {used}); "
-                    "send a smaller value, or leave it out to truncate each document to what fits",
-                    "max_tokens_per_doc",
-                )
+        if cap is None:
+            return LongDocumentRequest(LongDocuments())
+        used = (await loop.run_in_executor(None, _pipeline.token_counts, self.encoder, [(query, "")]))[0]
+        room = self.encoder.max_length - used
+        if cap > room:
+            most = (f"at most {room} document tokens beside this query" if room > 0
+                    else "no document tokens beside this query")
+            raise invalid(
+                f"max_tokens_per_doc is {cap}, but the model takes {most} (its max length is "
+                f"{self.encoder.max_length} tokens, of which the query and the special tokens take {used}); "
+                "send a smaller value, or leave it out to truncate each document to what fits",
+                "max_tokens_per_doc",
+            )
         return document_token_cap(cap)
 
     def require_one_label(self) -> None:
@@ -339,14 +350,14 @@ def _long_document_fields(details: PairDetails, long_request: LongDocumentReques
 
 
 def cohere_answer(
-    request: CohereRerankRequest, details: PairDetails, version: str, long_request: LongDocumentRequest | None = None
+    request: CohereRerankRequest, details: PairDetails, version: str, long_request: LongDocumentRequest
 ) -> dict[str, Any]:
     """Cohere's response, v1 or v2: ``{"id", "results": [{index, relevance_score, document?}], "meta"}``, the
-    results sorted by score (the first ``top_n``). v1 in chunk mode (``long_request``): each result says its
+    results sorted by score (the first ``top_n``). v1 in chunk mode (``max_chunks_per_doc``): each result says its
     ``chunks`` and whether it was ``capped``, and ``meta.warnings`` lists the capped documents."""
     scores = details.scores
     values = scores.tolist()
-    chunked = long_request if long_request is not None and long_request.options.mode == "chunk" else None
+    chunked = long_request if request.max_chunks_per_doc is not None else None
     results = []
     for index in np.argsort(-scores, kind="stable").tolist()[: request.top_n]:
         item: dict[str, Any] = {"index": index, "relevance_score": values[index]}
@@ -360,8 +371,8 @@ def cohere_answer(
     if chunked is not None and details.capped.any():
         capped = np.flatnonzero(details.capped).tolist()
         meta["warnings"] = [
-            f"documents {capped} have more than max_chunks_per_doc={chunked.options.max_chunks} chunks; "
-            "only their first chunks were scored"
+            f"documents {capped} are longer than max_chunks_per_doc={request.max_chunks_per_doc} chunks hold "
+            f"({chunked.options.max_document_tokens} tokens); only their first tokens were scored"
         ]
     return {"id": str(uuid.uuid4()), "results": results, "meta": meta}
 
@@ -370,7 +381,7 @@ async def cohere_rerank(state: ServeState, data: dict[str, Any]) -> dict[str, An
     """Cohere v1: documents as strings or ``{text}``, ``return_documents``, ``max_chunks_per_doc`` (chunk mode)."""
     state.require_one_label()
     request = parse_cohere_rerank(data, state.limits)
-    long_request = parse_cohere_chunks(data)
+    long_request = await state.cohere_long_documents(request)
     return cohere_answer(request, await state.score_details(request, long_request), "1", long_request)
 
 
@@ -378,8 +389,8 @@ async def cohere_rerank_v2(state: ServeState, data: dict[str, Any]) -> dict[str,
     """Cohere v2: documents as strings, ``model`` required, ``max_tokens_per_doc`` truncates each document."""
     state.require_one_label()
     request = parse_cohere_v2_rerank(data, state.limits)
-    long_request = await state.document_token_cap(request)
-    return cohere_answer(request, await state.score_details(request, long_request), "2")
+    long_request = await state.cohere_long_documents(request)
+    return cohere_answer(request, await state.score_details(request, long_request), "2", long_request)
 
 
 async def predict(state: ServeState, data: dict[str, Any]) -> dict[str, Any]:

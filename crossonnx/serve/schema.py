@@ -13,7 +13,7 @@ from typing import Any
 
 from crossonnx._inputs import unicode_problem
 from crossonnx.errors import InvalidOptionError
-from crossonnx.long_documents import DEFAULT_MAX_CHUNKS, LongDocuments
+from crossonnx.long_documents import DocumentCappedError, LongDocuments
 from crossonnx.serve.limits import ServeLimits
 from crossonnx.tokenization import TRUNCATION_DIRECTIONS
 
@@ -167,6 +167,7 @@ class CohereRerankRequest(ScoreRequest):
     documents: list[str]
     top_n: int | None
     return_documents: bool  # v1 only
+    max_chunks_per_doc: int | None = None  # v1 only: chunk mode, reading that many default windows' tokens
     max_tokens_per_doc: int | None = None  # v2 only: document tokens scored, the first ones
 
 
@@ -207,7 +208,8 @@ def _positive_int(data: dict[str, Any], key: str) -> int | None:
 
 
 def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRerankRequest:
-    """Cohere v1: ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?, "model"?}``."""
+    """Cohere v1: ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?, "max_chunks_per_doc"?,
+    "model"?}``."""
     fields = _Fields(data, limits)
     query = fields.required_text("query")
     _cohere_model(data, required=False)
@@ -232,6 +234,7 @@ def parse_cohere_rerank(data: dict[str, Any], limits: ServeLimits) -> CohereRera
         documents=documents,
         top_n=_positive_int(data, "top_n"),
         return_documents=fields.flag("return_documents", False),
+        max_chunks_per_doc=parse_cohere_chunks(data),
     )
 
 
@@ -282,24 +285,24 @@ def parse_predict(data: dict[str, Any], limits: ServeLimits) -> ScoreRequest:
 # -- long documents (crossonnx.long_documents): an extension object on /rerank and /predict, Cohere's
 # max_chunks_per_doc on /v1/rerank and max_tokens_per_doc on /v2/rerank, TEI's truncation_direction. The fields'
 # rules are LongDocuments' own: a value it refuses is answered as 422 naming the JSON field it came from. ---------
-LONG_DOCUMENT_KEYS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "return_spans")
+LONG_DOCUMENT_KEYS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_document_tokens", "on_capped",
+                      "return_spans")
 # LongDocuments field -> the request field it comes from
 LONG_DOCUMENT_PATHS = {
     **{key: f"long_documents.{key}" for key in LONG_DOCUMENT_KEYS},
     "truncation_direction": "truncation_direction",
 }
-COHERE_PATHS = {"max_chunks": "max_chunks_per_doc"}
 
 
 @dataclass
 class LongDocumentRequest:
     """How a request wants long texts handled; ``active`` False means exactly the default behaviour.
-    ``cap_field``: the request field that caps the windows per document (named when they overflow the queue)."""
+    ``cap_field``: the request field that caps what chunk mode reads of a document (named in its errors)."""
 
     options: LongDocuments
     return_spans: bool = False
     active: bool = False
-    cap_field: str = "long_documents.max_chunks"
+    cap_field: str = "long_documents.max_document_tokens"
 
 
 def long_document_options(paths: dict[str, str], **fields: Any) -> LongDocuments:
@@ -321,8 +324,9 @@ def _truncation_direction(data: dict[str, Any]) -> object:
 
 
 def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
-    """``truncation_direction`` and ``long_documents: {mode, chunk_tokens, chunk_overlap, aggregate, max_chunks,
-    return_spans}`` (all optional; unknown keys in the object are 422 so that a typo does not go unnoticed)."""
+    """``truncation_direction`` and ``long_documents: {mode, chunk_tokens, chunk_overlap, aggregate,
+    max_document_tokens, on_capped, return_spans}`` (all optional; unknown keys in the object are 422 so that a typo
+    does not go unnoticed, and the 0.x ``max_chunks`` names what replaced it)."""
     direction = _truncation_direction(data)
     spec = data.get("long_documents")
     if spec is None:
@@ -330,6 +334,10 @@ def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
         return LongDocumentRequest(options, active=direction is not None)
     if not isinstance(spec, dict):
         raise invalid(f"long_documents must be an object, got {json_type(spec)}", "long_documents")
+    if "max_chunks" in spec:
+        raise invalid("long_documents.max_chunks is gone: the cap is in document tokens now (a count of windows let "
+                      "small windows read little of a document); send max_document_tokens, e.g. N windows x "
+                      "chunk_tokens, or leave it out for 10 full-size windows' tokens", "long_documents.max_chunks")
     unknown = [key for key in spec if key not in LONG_DOCUMENT_KEYS]
     if unknown:
         raise invalid(f"long_documents has no field {unknown[0]!r}; it takes {', '.join(LONG_DOCUMENT_KEYS)}",
@@ -337,7 +345,8 @@ def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
     options = long_document_options(
         LONG_DOCUMENT_PATHS, mode=spec.get("mode", "truncate"), chunk_tokens=spec.get("chunk_tokens"),
         chunk_overlap=spec.get("chunk_overlap"), aggregate=spec.get("aggregate", "max"),
-        max_chunks=spec.get("max_chunks", DEFAULT_MAX_CHUNKS), truncation_direction=direction,
+        max_document_tokens=spec.get("max_document_tokens"), on_capped=spec.get("on_capped", "raise"),
+        truncation_direction=direction,
     )
     return_spans = spec.get("return_spans")
     if return_spans is not None and not isinstance(return_spans, bool):
@@ -346,21 +355,33 @@ def parse_long_documents(data: dict[str, Any]) -> LongDocumentRequest:
     return LongDocumentRequest(options, return_spans=bool(return_spans), active=True)
 
 
-def parse_cohere_chunks(data: dict[str, Any]) -> LongDocumentRequest:
-    """Cohere v1's ``max_chunks_per_doc``: when given, documents are chunked (default windows, max of the scores)."""
-    value = data.get("max_chunks_per_doc")
-    if value is None:
-        return LongDocumentRequest(LongDocuments())
-    return LongDocumentRequest(long_document_options(COHERE_PATHS, mode="chunk", max_chunks=value), active=True,
-                               cap_field="max_chunks_per_doc")
+def capped_documents(error: DocumentCappedError, item_field: str, cap_field: str) -> ApiError:
+    """Chunk mode met documents longer than its cap with ``on_capped`` "raise": 422 naming the cap and the texts."""
+    texts = "; ".join(f"{item_field}[{i}] has {t} tokens, it would read {c}"
+                      for i, c, t in zip(error.indexes[:3], error.covered[:3], error.tokens[:3], strict=True))
+    more = f"; and {len(error.indexes) - 3} more" if len(error.indexes) > 3 else ""
+    return invalid(
+        f"{len(error.indexes)} of {error.count} texts are longer than chunk mode reads ({cap_field}, by default 10 "
+        f"full-size windows' tokens): {texts}{more}. Send {cap_field} of at least {max(error.tokens)} to read them "
+        'whole, or long_documents.on_capped "flag" to score their first tokens and flag them capped',
+        cap_field,
+    )
 
 
-def document_token_cap(max_tokens_per_doc: int | None) -> LongDocumentRequest:
-    """Cohere v2's ``max_tokens_per_doc`` (validated, and known to fit beside the query): each document is scored
-    on its first window of at most that many tokens, ending at a word boundary (``long_documents``' one window);
-    not given: the model's own truncation."""
-    if max_tokens_per_doc is None:
-        return LongDocumentRequest(LongDocuments())
-    options = LongDocuments(mode="chunk", chunk_tokens=max_tokens_per_doc, chunk_overlap=0, max_chunks=1,
-                            aggregate="first")
+def parse_cohere_chunks(data: dict[str, Any]) -> int | None:
+    """Cohere v1's ``max_chunks_per_doc``: a positive integer, or None (not given)."""
+    return _positive_int(data, "max_chunks_per_doc")
+
+
+def cohere_chunks(cap_tokens: int) -> LongDocumentRequest:
+    """v1's ``max_chunks_per_doc`` once the app has turned it into tokens beside the query: chunk mode over each
+    document's first ``cap_tokens`` tokens; a longer one is scored on them and flagged, as Cohere never refuses it."""
+    options = LongDocuments("chunk", max_document_tokens=cap_tokens, on_capped="flag")
+    return LongDocumentRequest(options, active=True, cap_field="max_chunks_per_doc")
+
+
+def document_token_cap(max_tokens_per_doc: int) -> LongDocumentRequest:
+    """v2's ``max_tokens_per_doc``, known to fit beside the query: each document is scored on its first that many
+    tokens (cut back to a word boundary) in one window; a document that fits is scored whole, as the original pair."""
+    options = LongDocuments("chunk", max_document_tokens=max_tokens_per_doc, on_capped="flag")
     return LongDocumentRequest(options, active=True, cap_field="max_tokens_per_doc")
