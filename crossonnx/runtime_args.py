@@ -6,12 +6,13 @@ import argparse
 from typing import Any
 
 from crossonnx.engines import PROVIDERS
-from crossonnx.errors import InvalidOptionError
+from crossonnx.errors import InvalidOptionError, MovedArgumentError
 from crossonnx.levels import LEVELS
-from crossonnx.long_documents import AGGREGATES, DEFAULT_MAX_CHUNKS, MODES, LongDocuments
+from crossonnx.long_documents import AGGREGATES, DEFAULT_CAP_WINDOWS, MODES, ON_CAPPED, LongDocuments
 from crossonnx.manifest import PRECISIONS
 from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.tokenization import TRUNCATION_DIRECTIONS
+from crossonnx.tune import DEFAULT_WORKLOAD, WORKLOADS
 
 
 def positive_int(text: str) -> int:
@@ -32,11 +33,15 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
                         help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
                              "ONNX Runtime CPU, OpenVINO for bf16 and its int8s (default auto)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all CPUs)")
+    parser.add_argument("--workload", default=DEFAULT_WORKLOAD, choices=WORKLOADS,
+                        help="which `crossonnx tune` measurement a level and provider auto follow, where one exists "
+                             f"for this folder and machine (default {DEFAULT_WORKLOAD})")
 
 
 def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``CrossEncoder`` keyword arguments ``add_runtime_args`` declared."""
-    return {"precision": args.precision, "provider": args.provider, "threads": args.threads}
+    return {"precision": args.precision, "provider": args.provider, "threads": args.threads,
+            "workload": args.workload}
 
 
 def _non_negative_int(text: str) -> int:
@@ -58,8 +63,13 @@ def add_long_document_args(parser: argparse.ArgumentParser) -> None:
                        help="chunk: tokens consecutive windows share (default: a quarter of the window)")
     group.add_argument("--aggregate", default="max", choices=AGGREGATES,
                        help="chunk: a document's score from its window scores (default max)")
-    group.add_argument("--max-chunks", type=positive_int, default=DEFAULT_MAX_CHUNKS,
-                       help=f"chunk: most windows per document, the first ones (default {DEFAULT_MAX_CHUNKS})")
+    group.add_argument("--max-document-tokens", type=positive_int, default=None,
+                       help="chunk: most document tokens read per pair, the first ones (default: what "
+                            f"{DEFAULT_CAP_WINDOWS} full-size windows hold beside the query)")
+    group.add_argument("--on-capped", default="raise", choices=ON_CAPPED,
+                       help="chunk: a document longer than the cap: raise (default: an error naming it, before "
+                            "anything is scored) or flag (score its first tokens and mark it capped)")
+    group.add_argument("--max-chunks", type=positive_int, default=None, help=argparse.SUPPRESS)  # refused below
     group.add_argument("--truncation-direction", default=None, choices=TRUNCATION_DIRECTIONS,
                        help="which end truncation cuts (default: the model's side, normally right)")
 
@@ -67,9 +77,19 @@ def add_long_document_args(parser: argparse.ArgumentParser) -> None:
 def long_document_options(args: argparse.Namespace) -> LongDocuments:
     """The one ``LongDocuments`` the flags of ``add_long_document_args`` stand for; a rule it breaks (a chunk option
     without ``--long-documents chunk``) is an ``InvalidOptionError`` naming the flag."""
+    if args.max_chunks is not None:
+        tokens = f"{args.max_chunks * args.chunk_tokens}" if args.chunk_tokens else "<tokens>"
+        raise MovedArgumentError(
+            f"--max-chunks is gone: the cap is in document tokens now (a count of windows let small windows read less "
+            f"of a document); pass --max-document-tokens {tokens}, or leave it out for {DEFAULT_CAP_WINDOWS} "
+            "full-size windows' tokens"
+        )
     try:
-        return LongDocuments(args.long_documents, args.chunk_tokens, args.chunk_overlap, args.aggregate,
-                             args.max_chunks, args.truncation_direction)
+        return LongDocuments(
+            args.long_documents, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
+            aggregate=args.aggregate, max_document_tokens=args.max_document_tokens, on_capped=args.on_capped,
+            truncation_direction=args.truncation_direction,
+        )
     except InvalidOptionError as exc:
         flag = "--" + ("long-documents" if exc.field == "mode" else exc.field.replace("_", "-"))
         rule = exc.rule.replace('mode "chunk"', "--long-documents chunk")

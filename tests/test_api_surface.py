@@ -29,7 +29,8 @@ PACKAGE = ROOT / "crossonnx"
 EXAMPLES = int(os.environ.get("CROSSONNX_HYPOTHESIS_EXAMPLES", "120"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
-FIELDS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_chunks", "truncation_direction")
+FIELDS = ("mode", "chunk_tokens", "chunk_overlap", "aggregate", "max_document_tokens", "on_capped",
+          "truncation_direction")
 
 # any value a caller or a JSON body could pass
 values = st.recursive(
@@ -53,9 +54,11 @@ def valid_alone(field: str, value: object) -> bool:
         return isinstance(value, str) and value in AGGREGATES
     if field == "truncation_direction":
         return value is None or (isinstance(value, str) and value in TRUNCATION_DIRECTIONS)
-    if field == "max_chunks":
+    if field == "on_capped":
+        return isinstance(value, str) and value in ("raise", "flag")
+    if field == "max_chunks":  # Cohere's max_chunks_per_doc
         return _int_at_least(value, 1)
-    if field == "chunk_tokens":
+    if field in ("chunk_tokens", "max_document_tokens"):
         return value is None or _int_at_least(value, 1)
     return value is None or _int_at_least(value, 0)  # chunk_overlap
 
@@ -108,7 +111,7 @@ def test_long_documents_of_keeps_an_object_and_defaults_to_truncate():
     assert LongDocuments.of(options) is options
     assert LongDocuments.of(None) == LongDocuments() == LongDocuments.of("truncate")
     assert options.to_dict() == {"mode": "chunk", "chunk_tokens": 64, "chunk_overlap": None, "aggregate": "mean",
-                                 "max_chunks": 10, "truncation_direction": None}
+                                 "max_document_tokens": None, "on_capped": "raise", "truncation_direction": None}
 
 
 # -- the keyword arguments LongDocuments replaced ---------------------------------------------------------------
@@ -137,14 +140,17 @@ def test_an_old_keyword_argument_names_the_long_documents_to_pass(tiny_encoder: 
     # the call it names works, and scores what the old arguments asked for
     suggested = message.split("long_documents=", 1)[1].split(" (from crossonnx", 1)[0]
     options = eval(suggested, {"LongDocuments": LongDocuments})
-    assert options == LongDocuments(**{"mode": "truncate" if name == "truncation_direction" else "chunk",
-                                       name: OLD_VALUES[name]})
+    if name == "max_chunks":  # the window count became a token cap: the message says how to state it
+        assert options == LongDocuments("chunk") and "max_document_tokens=" in message
+    else:
+        assert options == LongDocuments(**{"mode": "truncate" if name == "truncation_direction" else "chunk",
+                                           name: OLD_VALUES[name]})
     call(long_documents=options)
 
 
 def test_several_old_arguments_and_other_unknown_ones(tiny_encoder: CrossEncoder):
     with pytest.raises(MovedArgumentError, match=r"chunk_tokens=, max_chunks=: .*LongDocuments\(mode='chunk', "
-                                                 r"chunk_tokens=8, max_chunks=2\)"):
+                                                 r"chunk_tokens=8\).* max_document_tokens=16 \(2 windows of 8"):
         tiny_encoder.predict(PAIRS, chunk_tokens=8, max_chunks=2)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="unexpected keyword argument 'chunk_size'") as info:
         tiny_encoder.predict(PAIRS, chunk_size=8)  # type: ignore[call-arg]
@@ -181,6 +187,13 @@ def test_cli_flags_build_one_long_documents():
     args = parser.parse_args(["--long-documents", "chunk", "--chunk-tokens", "32", "--aggregate", "mean"])
     assert long_document_options(args) == LongDocuments("chunk", chunk_tokens=32, aggregate="mean")
     assert long_document_options(parser.parse_args([])) == LongDocuments()
+    capped = ["--long-documents", "chunk", "--max-document-tokens", "900", "--on-capped", "flag"]
+    assert long_document_options(parser.parse_args(capped)) == LongDocuments(
+        "chunk", max_document_tokens=900, on_capped="flag"
+    )
+    with pytest.raises(MovedArgumentError, match=r"--max-chunks is gone: .*--max-document-tokens 96"):
+        long_document_options(parser.parse_args(["--long-documents", "chunk", "--chunk-tokens", "24",
+                                                 "--max-chunks", "4"]))
     for argv, field, flag in ((["--chunk-overlap", "4"], "chunk_overlap", "--chunk-overlap"),
                               (["--long-documents", "chunk", "--chunk-tokens", "4", "--chunk-overlap", "4"],
                                "chunk_overlap", "--chunk-overlap")):

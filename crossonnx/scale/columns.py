@@ -17,6 +17,7 @@ import numpy as np
 from crossonnx.long_documents import DocumentCappedError, LongDocuments
 from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.scale import ScaleError
+from crossonnx.tune import DEFAULT_WORKLOAD
 
 if TYPE_CHECKING:
     from crossonnx.encoder import CrossEncoder
@@ -210,12 +211,13 @@ class Scored:
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What is passed through to ``CrossEncoder`` (precision, provider, threads) and to ``predict`` (batch size,
-    activation, long-documents options) for every chunk of rows."""
+    """What is passed through to ``CrossEncoder`` (precision, provider, threads, workload) and to ``predict`` (batch
+    size, activation, long-documents options) for every chunk of rows."""
 
     precision: str = DEFAULT_PRECISION
     provider: str = "auto"
     threads: int | None = None
+    workload: str | None = DEFAULT_WORKLOAD
     batch_size: int = 32
     raw_scores: bool = False
     long_documents: LongDocuments = field(default_factory=LongDocuments)
@@ -234,7 +236,9 @@ class ScoreOptions:
         """The ``CrossEncoder`` these options describe."""
         from crossonnx.encoder import CrossEncoder
 
-        return CrossEncoder(model_dir, precision=self.precision, provider=self.provider, threads=self.threads)
+        return CrossEncoder(
+            model_dir, precision=self.precision, provider=self.provider, threads=self.threads, workload=self.workload
+        )
 
     def score(self, encoder: CrossEncoder, pairs: list[Pair], first_row: int = 1, where: Where = "input") -> Scored:
         """``predict`` over ``pairs`` with these options (``predict_details`` in chunk mode, for the capped rows).

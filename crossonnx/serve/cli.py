@@ -58,6 +58,10 @@ def _run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
     )
     token_budget: int | str | None = "auto" if args.token_budget is None else (args.token_budget or None)  # 0: none
+    if args.tune:
+        from crossonnx.tune import ensure_tuned
+
+        ensure_tuned(args.model_dir, threads=args.threads, log=logging.getLogger("crossonnx.serve").info)
     encoder = CrossEncoder(
         args.model_dir, **runtime_kwargs(args), max_length=args.max_length, token_budget=token_budget
     )
@@ -86,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="An HTTP rerank service with dynamic batching across requests. Needs: " + SERVE_EXTRA_HINT,
     )
     add_runtime_args(p)
+    p.add_argument("--tune", action="store_true",
+                   help="before serving, measure every variant of the folder on this machine (crossonnx tune, about "
+                        "a minute) unless a measurement for it is stored; levels and provider auto then follow it")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
