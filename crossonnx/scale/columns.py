@@ -120,7 +120,7 @@ def not_text(where: Where, row: int, column: str, value: object, at: str = "") -
 def not_strings(where: Where, columns: Columns, name: str, kind: object, cli: bool = True) -> ScaleError:
     """A whole column has a non-text type."""
     return ScaleError(
-        f"{where}: column {name!r} holds {kind}, not strings; score-file scores text columns "
+        f"{where}: column {name!r} holds {kind}, not strings; only text columns are scored "
         f"(name others with {columns.flag(name, cli)})"
     )
 
