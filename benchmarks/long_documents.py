@@ -124,8 +124,11 @@ def cost(model: CrossEncoder, docs: int, reps: int, seed: int) -> list[dict[str,
     query = rows[0].sentence1
     window = window_of(model, query)
     filler = Filler(model, seed)
-    modes = [("truncate", {}), ("chunk", {"long_documents": LongDocuments("chunk", on_capped="flag")}),
-             ("chunk, uncapped", {"long_documents": UNCAPPED})]
+    modes = [
+        ("truncate", {}),
+        ("chunk", {"long_documents": LongDocuments("chunk", on_capped="flag")}),
+        ("chunk, uncapped", {"long_documents": UNCAPPED}),
+    ]
     out = []
     for multiple in MULTIPLES:
         documents = [" ".join(filler.document(window * multiple, {query})) for _ in range(docs)]
@@ -141,13 +144,21 @@ def cost(model: CrossEncoder, docs: int, reps: int, seed: int) -> list[dict[str,
                     lambda kw=kwargs, p=pairs: plan(model, p, LongDocuments.of(kw["long_documents"])), reps
                 )
             windows = int(details.chunks.sum())
-            out.append({
-                "multiple": multiple, "mode": label, "documents": docs, "window_tokens": window,
-                "documents_per_s": round(docs / seconds, 2), "windows_per_s": round(windows / seconds, 2),
-                "windows_per_document": round(windows / docs, 2), "model_calls": details.model_calls,
-                "capped_documents": int(details.capped.sum()), "seconds": round(seconds, 3),
-                "planning_seconds": round(plan_seconds, 4),
-            })
+            out.append(
+                {
+                    "multiple": multiple,
+                    "mode": label,
+                    "documents": docs,
+                    "window_tokens": window,
+                    "documents_per_s": round(docs / seconds, 2),
+                    "windows_per_s": round(windows / seconds, 2),
+                    "windows_per_document": round(windows / docs, 2),
+                    "model_calls": details.model_calls,
+                    "capped_documents": int(details.capped.sum()),
+                    "seconds": round(seconds, 3),
+                    "planning_seconds": round(plan_seconds, 4),
+                }
+            )
             print(json.dumps(out[-1]))
     return out
 
@@ -157,8 +168,9 @@ def plant(sentences: list[str], answer: str, position: str) -> str:
     return " ".join([*sentences[:index], answer, *sentences[index:]])
 
 
-def quality(model: CrossEncoder, trials: int, multiple: int, distractors: int, small_window: int,
-            seed: int) -> list[dict[str, Any]]:
+def quality(
+    model: CrossEncoder, trials: int, multiple: int, distractors: int, small_window: int, seed: int
+) -> list[dict[str, Any]]:
     rows = [r for r in load_stsb("test") if r.score >= 4.5]
     rng = random.Random(seed)
     picked = rng.sample(rows, trials)
@@ -186,10 +198,16 @@ def quality(model: CrossEncoder, trials: int, multiple: int, distractors: int, s
                     start, end = ranked[0]["span"]
                     spans_hit[(position, method)] += row.sentence2 in needle[start:end]
     return [
-        {"position": position, "method": method, "trials": trials, "ranked_first": hits[(position, method)],
-         "ranked_first_pct": round(100 * hits[(position, method)] / trials, 1),
-         "span_holds_answer": spans_hit[(position, method)]}
-        for position in POSITIONS for method in methods
+        {
+            "position": position,
+            "method": method,
+            "trials": trials,
+            "ranked_first": hits[(position, method)],
+            "ranked_first_pct": round(100 * hits[(position, method)] / trials, 1),
+            "span_holds_answer": spans_hit[(position, method)],
+        }
+        for position in POSITIONS
+        for method in methods
     ]
 
 
@@ -230,21 +248,30 @@ def planted_cases(cases: int, words: int, distractors: int, seed: int) -> list[d
         slot = rng.randrange(distractors + 1)
         needle = words_document(rng, sentences, words, avoid) + " " + row.sentence2
         documents.insert(slot, needle)
-        out.append({"query": row.sentence1, "answer": row.sentence2, "documents": documents, "slot": slot,
-                    "answer_span": (len(needle) - len(row.sentence2), len(needle))})
+        out.append(
+            {
+                "query": row.sentence1,
+                "answer": row.sentence2,
+                "documents": documents,
+                "slot": slot,
+                "answer_span": (len(needle) - len(row.sentence2), len(needle)),
+            }
+        )
     return out
 
 
-def planted(model: CrossEncoder, cases: int, words: int, distractors: int, chunk_tokens: int,
-            seed: int) -> dict[str, Any]:
+def planted(
+    model: CrossEncoder, cases: int, words: int, distractors: int, chunk_tokens: int, seed: int
+) -> dict[str, Any]:
     """Part 3: how often each method ranks the planted document first and its span covers the answer."""
     problems = planted_cases(cases, words, distractors, seed)
+    old_cap = old_cap_tokens(chunk_tokens)
     methods = {
         "truncate": LongDocuments(),
         f"chunk, {chunk_tokens}-token windows, default options": LongDocuments("chunk", chunk_tokens=chunk_tokens),
-        f"chunk, {chunk_tokens}-token windows, 0.x cap (10 windows = {old_cap_tokens(chunk_tokens)} tokens), flagged":
-            LongDocuments("chunk", chunk_tokens=chunk_tokens, max_document_tokens=old_cap_tokens(chunk_tokens),
-                          on_capped="flag"),
+        f"chunk, {chunk_tokens}-token windows, 0.x cap (10 windows = {old_cap} tokens), flagged": LongDocuments(
+            "chunk", chunk_tokens=chunk_tokens, max_document_tokens=old_cap, on_capped="flag"
+        ),
     }
     rows = []
     for method, options in methods.items():
@@ -259,18 +286,33 @@ def planted(model: CrossEncoder, cases: int, words: int, distractors: int, chunk
             overlaps += start < case["answer_span"][1] and case["answer_span"][0] < end
             capped += sum(bool(r.get("capped")) for r in ranked)
             windows += sum(r.get("chunks", 1) for r in ranked)
-        rows.append({
-            "method": method, "options": options.to_dict(), "cases": cases, "ranked_first": first,
-            "ranked_first_pct": round(100 * first / cases, 1), "span_covers_answer": covered,
-            "span_overlaps_answer": overlaps,
-            "capped_documents": capped, "windows_per_document": round(windows / (cases * (distractors + 1)), 1),
-            "seconds": round(time.perf_counter() - started, 1),
-        })
+        rows.append(
+            {
+                "method": method,
+                "options": options.to_dict(),
+                "cases": cases,
+                "ranked_first": first,
+                "ranked_first_pct": round(100 * first / cases, 1),
+                "span_covers_answer": covered,
+                "span_overlaps_answer": overlaps,
+                "capped_documents": capped,
+                "windows_per_document": round(windows / (cases * (distractors + 1)), 1),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         print(json.dumps(rows[-1]))
     target = rows[1]["ranked_first"] >= PLANTED_TARGET * cases
-    return {"cases": cases, "words": words, "distractors": distractors, "chunk_tokens": chunk_tokens, "seed": seed,
-            "document_tokens": round(float(np.mean(_document_tokens(model, problems))), 1),
-            "target_ranked_first_pct": round(100 * PLANTED_TARGET), "meets_target": target, "methods": rows}
+    return {
+        "cases": cases,
+        "words": words,
+        "distractors": distractors,
+        "chunk_tokens": chunk_tokens,
+        "seed": seed,
+        "document_tokens": round(float(np.mean(_document_tokens(model, problems))), 1),
+        "target_ranked_first_pct": round(100 * PLANTED_TARGET),
+        "meets_target": target,
+        "methods": rows,
+    }
 
 
 def _document_tokens(model: CrossEncoder, problems: list[dict[str, Any]]) -> list[list[int]]:
@@ -282,9 +324,11 @@ def _document_tokens(model: CrossEncoder, problems: list[dict[str, Any]]) -> lis
 def planted_markdown(result: dict[str, Any], command: str, env: dict[str, Any], threads: int) -> str:
     r = result
     lines = [
-        "# Long documents: a planted answer, small windows", "",
+        "# Long documents: a planted answer, small windows",
+        "",
         f"`{command}` — the real MiniLM-L6 STSb cross-encoder, fp32, {threads} threads, engine `{env['provider']}`.",
-        f"CPU: {describe_cpu(env['cpu'])}.", "",
+        f"CPU: {describe_cpu(env['cpu'])}.",
+        "",
         f"{r['cases']} held-back STSb test queries (pairs of gold similarity >= 4.5; the model was fine-tuned on "
         f"train). The partner sentence, the answer, is appended to about {r['words']} words of other held-back "
         f"sentences (about {r['document_tokens']:.0f} tokens a document on average) and ranked against "
@@ -293,27 +337,34 @@ def planted_markdown(result: dict[str, Any], command: str, env: dict[str, Any], 
         "*Span covers the answer*: the planted document's span (its best window) holds the whole answer sentence, "
         "whatever the document's rank; *overlaps*: it holds part of it at least (a window ends on a word boundary "
         "wherever the answer starts, so a 24-token window holds a whole 15-token sentence only where the two line "
-        "up).", "",
+        "up).",
+        "",
         f"Target: chunk mode with default options ranks the planted document first in at least "
-        f"{r['target_ranked_first_pct']}% of cases: **{'met' if r['meets_target'] else 'NOT met'}**.", "",
+        f"{r['target_ranked_first_pct']}% of cases: **{'met' if r['meets_target'] else 'NOT met'}**.",
+        "",
         "| method | ranked first | % | span covers the answer | span overlaps it | windows per document | "
         "capped documents |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in r["methods"]:
-        lines.append(f"| {m['method']} | {m['ranked_first']}/{m['cases']} | {m['ranked_first_pct']:.0f} | "
-                     f"{m['span_covers_answer']}/{m['cases']} | {m['span_overlaps_answer']}/{m['cases']} | "
-                     f"{m['windows_per_document']:.1f} | {m['capped_documents']} |")
+        lines.append(
+            f"| {m['method']} | {m['ranked_first']}/{m['cases']} | {m['ranked_first_pct']:.0f} | "
+            f"{m['span_covers_answer']}/{m['cases']} | {m['span_overlaps_answer']}/{m['cases']} | "
+            f"{m['windows_per_document']:.1f} | {m['capped_documents']} |"
+        )
     lines += [
-        "", "## Notes", "",
+        "",
+        "## Notes",
+        "",
         "- The default cap is in document tokens: 10 x the window that fits beside the query (about 5,000 tokens "
         "here), whatever `chunk_tokens` is, so these documents are read whole. The 0.x cap counted windows: 10 "
         "windows of this size read only a document's first ~190 tokens, and the answer at the end was never seen "
-        "(its span cannot cover it); the row shows it with `on_capped=\"flag\"`, since the default now raises "
+        '(its span cannot cover it); the row shows it with `on_capped="flag"`, since the default now raises '
         "for a document longer than the cap instead of scoring it in part.",
         "- Truncate mode reads what fits in the 512-token max length beside the query: the answer at the end is "
         "never seen.",
-        "- Measured once on a shared machine; counts, not times, are the result here.", "",
+        "- Measured once on a shared machine; counts, not times, are the result here.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -321,47 +372,65 @@ def planted_markdown(result: dict[str, Any], command: str, env: dict[str, Any], 
 def markdown(doc: dict[str, Any]) -> str:
     env, config = doc["environment"], doc["config"]
     lines = [
-        "# Long documents: chunk vs truncate", "",
+        "# Long documents: chunk vs truncate",
+        "",
         f"`{doc['command']}` — the real MiniLM-L6 STSb cross-encoder, fp32, {config['threads']} threads, "
-        f"engine `{env['provider']}` ({env['provider_reason']}).", "",
+        f"engine `{env['provider']}` ({env['provider_reason']}).",
+        "",
         f"CPU: {describe_cpu(env['cpu'])}.",
-        f"Libraries: {', '.join(f'{k} {v}' for k, v in env['libraries'].items())}.", "",
+        f"Libraries: {', '.join(f'{k} {v}' for k, v in env['libraries'].items())}.",
+        "",
         "**Measured once on a shared machine** (2 vCPUs shared with other sessions): the times are indicative; "
         "ratios within one run are more reliable than absolute figures. Re-run the command on a quiet machine "
-        "for publishable numbers.", "",
-        "## Cost", "",
+        "for publishable numbers.",
+        "",
+        "## Cost",
+        "",
         f"One STSb query against {config['docs']} documents of 1x, 4x and 16x the window "
         f"({doc['cost'][0]['window_tokens']} document tokens beside the query; windows overlap by a quarter). "
-        f"Best of {config['reps']}. *chunk*: `LongDocuments(\"chunk\", on_capped=\"flag\")`, the default cap "
+        f'Best of {config["reps"]}. *chunk*: `LongDocuments("chunk", on_capped="flag")`, the default cap '
         f"({DEFAULT_CAP_WINDOWS} windows' tokens); *uncapped*: `max_document_tokens=10**9`. Planning = tokenizing "
-        "with offsets and cutting windows, included in the time.", "",
+        "with offsets and cutting windows, included in the time.",
+        "",
         "| document | mode | documents/s | windows/s | windows per doc | model calls | capped | planning s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["cost"]:
-        lines.append(f"| {r['multiple']}x | {r['mode']} | {r['documents_per_s']:.2f} | {r['windows_per_s']:.1f} | "
-                     f"{r['windows_per_document']:.2f} | {r['model_calls']} | {r['capped_documents']} | "
-                     f"{r['planning_seconds']:.3f} |")
+        lines.append(
+            f"| {r['multiple']}x | {r['mode']} | {r['documents_per_s']:.2f} | {r['windows_per_s']:.1f} | "
+            f"{r['windows_per_document']:.2f} | {r['model_calls']} | {r['capped_documents']} | "
+            f"{r['planning_seconds']:.3f} |"
+        )
     q = doc["quality"]
     trials = q[0]["trials"] if q else 0
     lines += [
-        "", "## Quality: a planted answer", "",
+        "",
+        "## Quality: a planted answer",
+        "",
         f"{trials} STSb test queries (pairs of gold similarity >= 4.5); the partner sentence planted at the start, "
         f"middle or end of {config['quality_multiple']}x the window of other STSb sentences, ranked against "
         f"{config['distractors']} documents of the same length without it. Ranked first: how often the planted "
-        "document comes first; span: how often the returned span holds the planted sentence.", "",
-        "| position | method | ranked first | % | span holds the answer |", "|---|---|---:|---:|---:|",
+        "document comes first; span: how often the returned span holds the planted sentence.",
+        "",
+        "| position | method | ranked first | % | span holds the answer |",
+        "|---|---|---:|---:|---:|",
     ]
     for r in q:
-        lines.append(f"| {r['position']} | {r['method']} | {r['ranked_first']}/{r['trials']} | "
-                     f"{r['ranked_first_pct']:.0f} | {r['span_holds_answer']} |")
+        lines.append(
+            f"| {r['position']} | {r['method']} | {r['ranked_first']}/{r['trials']} | "
+            f"{r['ranked_first_pct']:.0f} | {r['span_holds_answer']} |"
+        )
     if doc.get("planted"):
         r = doc["planted"]
-        lines += ["", "## Planted answers, small windows", "",
-                  f"See [long_documents_planted.md](long_documents_planted.md): {r['cases']} cases, windows of "
-                  f"{r['chunk_tokens']} tokens; chunk mode with default options ranks the answer's document first in "
-                  f"{r['methods'][1]['ranked_first']}/{r['cases']} (target {r['target_ranked_first_pct']}%: "
-                  f"{'met' if r['meets_target'] else 'NOT met'})."]
+        lines += [
+            "",
+            "## Planted answers, small windows",
+            "",
+            f"See [long_documents_planted.md](long_documents_planted.md): {r['cases']} cases, windows of "
+            f"{r['chunk_tokens']} tokens; chunk mode with default options ranks the answer's document first in "
+            f"{r['methods'][1]['ranked_first']}/{r['cases']} (target {r['target_ranked_first_pct']}%: "
+            f"{'met' if r['meets_target'] else 'NOT met'}).",
+        ]
     lines += ["", "## Notes", "", *doc["notes"], ""]
     return "\n".join(lines)
 
@@ -385,8 +454,10 @@ def plot(doc: dict[str, Any], out: Path) -> Path | None:
     methods = list(dict.fromkeys(r["method"] for r in doc["quality"]))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        values = [next(r["ranked_first_pct"] for r in doc["quality"] if r["method"] == method and r["position"] == p)
-                  for p in POSITIONS]
+        values = [
+            next(r["ranked_first_pct"] for r in doc["quality"] if r["method"] == method and r["position"] == p)
+            for p in POSITIONS
+        ]
         right.bar([j + i * width for j in range(len(POSITIONS))], values, width, label=method)
     right.set_xticks([j + 0.4 - width / 2 for j in range(len(POSITIONS))], [f"answer at {p}" for p in POSITIONS])
     right.set_ylabel("planted document ranked first (%)")
@@ -422,8 +493,12 @@ def main() -> None:
     logging.getLogger("crossonnx").setLevel(logging.ERROR)  # the capped-document warnings are measured here
     folder = Path(args.model_dir) if args.model_dir else reference_folder(Path(args.work))
     model = CrossEncoder(folder, threads=args.threads, provider=args.provider)
-    env = {"cpu": cpu_info(), "libraries": library_versions(LIBRARIES), "provider": model.provider,
-           "provider_reason": model.provider_reason}
+    env = {
+        "cpu": cpu_info(),
+        "libraries": library_versions(LIBRARIES),
+        "provider": model.provider,
+        "provider_reason": model.provider_reason,
+    }
     shown = ("docs", "reps", "trials", "threads", "cases", "words", "chunk_tokens")
     command = "python benchmarks/long_documents.py" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in shown and v != parser.get_default(k)
@@ -432,8 +507,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     planted_result = planted(model, args.cases, args.words, args.distractors, args.chunk_tokens, args.seed)
-    planted_doc = {"command": command + (" --planted-only" if args.planted_only else ""), "environment": env,
-                   "seconds": round(time.perf_counter() - started, 1), **planted_result}
+    planted_doc = {
+        "command": command + (" --planted-only" if args.planted_only else ""),
+        "environment": env,
+        "seconds": round(time.perf_counter() - started, 1),
+        **planted_result,
+    }
     (out / "long_documents_planted.json").write_text(json.dumps(planted_doc, indent=1) + "\n", encoding="utf-8")
     (out / "long_documents_planted.md").write_text(
         planted_markdown(planted_result, planted_doc["command"], env, args.threads), encoding="utf-8"

@@ -78,8 +78,20 @@ def _filler(rng: random.Random, sentences: list[str], words: int, avoid: set[str
 def test_token_windows_by_hand():
     # words: "snow ##board ##ers" | "ride" | "fast" | "." | "skate ##board ##er" | "grind ##s" | "rails"
     word_ids = [0, 0, 0, 1, 2, 3, 4, 4, 4, 5, 5, 6]
-    offsets = [(0, 4), (4, 9), (9, 12), (13, 17), (18, 22), (22, 23), (24, 29), (29, 34), (34, 36), (37, 42),
-               (42, 43), (44, 49)]
+    offsets = [
+        (0, 4),
+        (4, 9),
+        (9, 12),
+        (13, 17),
+        (18, 22),
+        (22, 23),
+        (24, 29),
+        (29, 34),
+        (34, 36),
+        (37, 42),
+        (42, 43),
+        (44, 49),
+    ]
     # window 4, overlap 1: [0,4) ends before "fast"; the next starts 1 token back, at "ride"; [3,6) cannot end
     # inside "skate ##board ##er" (token 7), so it ends at 6; [5,9) would end inside "grind ##s": it ends at 9
     assert token_windows(offsets, word_ids, 4, 1, None) == ([(0, 4), (3, 6), (5, 9), (9, 12)], 12)
@@ -114,21 +126,27 @@ def test_window_size_rule():
 @pytest.mark.parametrize(
     ("kwargs", "field", "message"),
     [
-        ({"mode": "split"}, "mode", "mode must be \"truncate\" or \"chunk\", got 'split'"),
+        ({"mode": "split"}, "mode", 'mode must be "truncate" or "chunk", got \'split\''),
         ({"mode": "chunk", "aggregate": "median"}, "aggregate", "aggregate must be one of max, first, mean"),
-        ({"mode": "chunk", "max_document_tokens": 0}, "max_document_tokens",
-         "max_document_tokens must be a positive integer, got 0"),
+        (
+            {"mode": "chunk", "max_document_tokens": 0},
+            "max_document_tokens",
+            "max_document_tokens must be a positive integer, got 0",
+        ),
         ({"mode": "chunk", "max_document_tokens": 2.0}, "max_document_tokens", "must be a positive integer"),
         ({"max_document_tokens": 4096}, "max_document_tokens", 'applies to mode "chunk"'),
-        ({"mode": "chunk", "on_capped": "truncate"}, "on_capped", "on_capped must be \"raise\" or \"flag\""),
+        ({"mode": "chunk", "on_capped": "truncate"}, "on_capped", 'on_capped must be "raise" or "flag"'),
         ({"mode": "chunk", "on_capped": None}, "on_capped", "on_capped must be"),
         ({"mode": "chunk", "chunk_tokens": 0}, "chunk_tokens", "chunk_tokens must be a positive integer"),
         ({"mode": "chunk", "chunk_tokens": True}, "chunk_tokens", "chunk_tokens must be a positive integer"),
         ({"mode": "chunk", "chunk_overlap": -1}, "chunk_overlap", "chunk_overlap must be 0 or a positive integer"),
-        ({"mode": "chunk", "chunk_tokens": 8, "chunk_overlap": 8}, "chunk_overlap",
-         "chunk_overlap (8) must be smaller than chunk_tokens (8)"),
-        ({"truncation_direction": "up"}, "truncation_direction", "truncation_direction must be \"left\" or \"right\""),
-        ({"chunk_tokens": 64}, "chunk_tokens", "chunk_tokens applies to mode \"chunk\"; these options truncate"),
+        (
+            {"mode": "chunk", "chunk_tokens": 8, "chunk_overlap": 8},
+            "chunk_overlap",
+            "chunk_overlap (8) must be smaller than chunk_tokens (8)",
+        ),
+        ({"truncation_direction": "up"}, "truncation_direction", 'truncation_direction must be "left" or "right"'),
+        ({"chunk_tokens": 64}, "chunk_tokens", 'chunk_tokens applies to mode "chunk"; these options truncate'),
     ],
 )
 def test_options_are_validated(kwargs, field, message):
@@ -145,8 +163,9 @@ def _xlm_roberta_tokenizer(folder: Path) -> tuple[Path, TokenizerSpec]:
     from crossonnx.checkpoints.synthetic import _texts
 
     unigram = SentencePieceUnigramTokenizer()
-    unigram.train_from_iterator(_texts()[:4000], vocab_size=1500, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                unk_token="<unk>")
+    unigram.train_from_iterator(
+        _texts()[:4000], vocab_size=1500, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
     from tokenizers.processors import TemplateProcessing
 
     unigram.post_processor = TemplateProcessing(
@@ -177,8 +196,9 @@ def family_tokenizers(tiny_exports: dict[str, Path], tmp_path_factory) -> dict[s
     out = {}
     for family in FAMILIES:
         manifest = load_manifest(tiny_exports[family])
-        out[family] = PairTokenizer(tiny_exports[family] / manifest.tokenizer.file, manifest.tokenizer, 64,
-                                    manifest.inputs)
+        out[family] = PairTokenizer(
+            tiny_exports[family] / manifest.tokenizer.file, manifest.tokenizer, 64, manifest.inputs
+        )
     path, spec = _xlm_roberta_tokenizer(tmp_path_factory.mktemp("xlmr"))
     out["xlm-roberta-unigram"] = PairTokenizer(path, spec, 64, ["input_ids", "attention_mask"])
     return out
@@ -192,11 +212,10 @@ def test_window_texts_tokenize_to_the_documents_tokens(family_tokenizers, family
     plan = plan_windows(tokenizer, pairs, chunk_tokens=12, chunk_overlap=3, max_document_tokens=10**6)
     pieces = tokenizer.pieces(docs)
     windowed = forced = 0
-    for (query, window_text), owner, (a, b), span in zip(plan.pairs, plan.owners, plan.tokens, plan.spans,
-                                                          strict=True):
+    for (query, window_text), owner, (a, b), span in zip(plan.pairs, plan.owners, plan.tokens, plan.spans, strict=True):
         doc = pieces[owner]
         assert query == "a short query"
-        assert docs[owner][span[0]:span[1]].strip() == window_text.strip()
+        assert docs[owner][span[0] : span[1]].strip() == window_text.strip()
         starts = word_starts(doc.word_ids)
         cuts = [cut for cut in (a, b) if cut < len(doc.ids) and not starts[cut]]
         for cut in cuts:  # never inside a word, unless the word is longer than a window
@@ -224,8 +243,12 @@ def test_window_texts_tokenize_to_the_documents_tokens(family_tokenizers, family
 SENTENCES = _sentences()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_small_windows_read_as_far_as_large_ones(family_tokenizers, data):
     """Any tokenizer family, query, documents, window sizes and cap: the windows read the same first tokens of
@@ -284,8 +307,12 @@ def test_capped_documents_raise_before_scoring_or_are_flagged(tiny_encoder, capl
     tokens and flags them."""
     rng = random.Random(19)
     query = "A man is playing a guitar."
-    pairs = [(query, "A man plays the guitar."), (query, _filler(rng, SENTENCES, 200, set())),
-             (query, "A dog runs."), (query, _filler(rng, SENTENCES, 300, set()))]
+    pairs = [
+        (query, "A man plays the guitar."),
+        (query, _filler(rng, SENTENCES, 200, set())),
+        (query, "A dog runs."),
+        (query, _filler(rng, SENTENCES, 300, set())),
+    ]
     options = LongDocuments("chunk", chunk_tokens=16, max_document_tokens=100)
     flagged = dataclasses.replace(options, on_capped="flag")
     plan = _pipeline.plan(tiny_encoder, pairs, flagged).windows
@@ -309,8 +336,9 @@ def test_capped_documents_raise_before_scoring_or_are_flagged(tiny_encoder, capl
         assert f"LongDocuments('chunk', max_document_tokens={max(tokens)}, ...) to read them whole" in str(error)
         assert "or on_capped='flag'" in str(error)
     # the fix it names: every document read whole
-    whole = tiny_encoder.predict_details(pairs, long_documents=dataclasses.replace(options,
-                                                                                   max_document_tokens=max(tokens)))
+    whole = tiny_encoder.predict_details(
+        pairs, long_documents=dataclasses.replace(options, max_document_tokens=max(tokens))
+    )
     assert not whole.capped.any() and (whole.chunks[[1, 3]] > plan.chunks[[1, 3]]).all()
     # flag: scored on their first tokens, flagged everywhere, logged by predict
     with caplog.at_level(logging.WARNING, logger="crossonnx"):
@@ -332,21 +360,25 @@ def test_the_default_cap_is_ten_default_windows_whatever_the_window(tiny_encoder
     doc = _filler(rng, SENTENCES, 6000, set())
     pairs = [(query, doc)]
     cap = _pipeline.cap_of_windows(tiny_encoder, query, 10)  # what Cohere's max_chunks_per_doc=10 stands for
-    covered = {
-        size: _pipeline.plan(tiny_encoder, pairs, LongDocuments("chunk", chunk_tokens=size, on_capped="flag"))
-        .windows.covered[0]  # type: ignore[union-attr]
-        for size in (None, 24, 128)
-    }
-    assert len(set(covered.values())) == 1 and cap - 20 < covered[None] <= cap
-    assert _pipeline.plan(tiny_encoder, pairs, LongDocuments("chunk", max_document_tokens=cap, on_capped="flag")
-                          ).windows.covered[0] == covered[None]  # type: ignore[union-attr]
+
+    def covered(**options: object) -> int:
+        windows = _pipeline.plan(tiny_encoder, pairs, LongDocuments("chunk", on_capped="flag", **options)).windows
+        assert windows is not None
+        return int(windows.covered[0])
+
+    read = {size: covered(chunk_tokens=size) for size in (None, 24, 128)}
+    assert len(set(read.values())) == 1 and cap - 20 < read[None] <= cap
+    assert covered(max_document_tokens=cap) == read[None]
     with pytest.raises(DocumentCappedError):
         tiny_encoder.predict(pairs, long_documents="chunk")
 
 
 def test_max_chunks_names_the_cap_that_replaced_it(tiny_encoder):
-    with pytest.raises(MovedArgumentError, match=r"no longer takes max_chunks=\. The cap is in document tokens now "
-                                                 r".*pass max_document_tokens=192 \(3 windows of 64 tokens\)"):
+    with pytest.raises(
+        MovedArgumentError,
+        match=r"no longer takes max_chunks=\. The cap is in document tokens now "
+        r".*pass max_document_tokens=192 \(3 windows of 64 tokens\)",
+    ):
         LongDocuments("chunk", chunk_tokens=64, max_chunks=3)
     with pytest.raises(MovedArgumentError, match=r"max_document_tokens=<tokens>, or leave it out"):
         LongDocuments("chunk", max_chunks=10)
@@ -365,7 +397,9 @@ def test_aggregates_and_spans_by_hand(model):
     assert [HAND_DOC[s:e] for s, e in plan.spans] == [text for text, _ in HAND_WINDOWS]
     # the texts scored start right after the previous token (the space kept: a BPE word would tokenize as inside)
     assert [text for _, text in plan.pairs] == [
-        "A man is playing a guitar. A", ". A woman is slicing an onion.", " onion. The cat sleeps on the sofa",
+        "A man is playing a guitar. A",
+        ". A woman is slicing an onion.",
+        " onion. The cat sleeps on the sofa",
         " the sofa.",
     ]
     assert plan.spans == [span for _, span in HAND_WINDOWS]
@@ -386,9 +420,13 @@ def test_aggregates_and_spans_by_hand(model):
         np.testing.assert_array_equal(details.window_scores[0], window_scores)
         score = model.predict((HAND_QUERY, HAND_DOC), long_documents=options)
         assert score == value
-    ranked = model.rank(HAND_QUERY, [HAND_DOC, "A man is playing a guitar."],
-                        long_documents=LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2), return_spans=True,
-                        return_documents=True)
+    ranked = model.rank(
+        HAND_QUERY,
+        [HAND_DOC, "A man is playing a guitar."],
+        long_documents=LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2),
+        return_spans=True,
+        return_documents=True,
+    )
     assert ranked[0]["corpus_id"] == 0 and ranked[0]["score"] == expected["max"]
     assert HAND_DOC[slice(*ranked[0]["span"])] == ". A woman is slicing an onion."
     assert ranked[1]["span"] == (0, 26) and ranked[1]["chunks"] == 1 and ranked[1]["capped"] is False
@@ -425,8 +463,9 @@ def test_a_flagged_document_scores_as_its_first_tokens(model, caplog):
     assert f"pair 0: {covered} of {plan.document_tokens[0]} tokens" in caplog.text
     # the same windows, the same list: the scores of the document cut where the cap cut it
     prefix = long_doc[: plan.spans[int(plan.chunks[0]) - 1][1]]
-    whole = model.predict_details([(pairs[0][0], prefix), pairs[1]], long_documents=dataclasses.replace(
-        options, on_capped="raise"))
+    whole = model.predict_details(
+        [(pairs[0][0], prefix), pairs[1]], long_documents=dataclasses.replace(options, on_capped="raise")
+    )
     assert not whole.capped.any() and whole.chunks.tolist() == details.chunks.tolist()
     np.testing.assert_array_equal(whole.scores, details.scores)
     ranked = model.rank(pairs[0][0], [long_doc, pairs[1][1]], long_documents=options)
@@ -464,10 +503,17 @@ def test_left_truncation_keeps_the_end_as_transformers_does(model, reference_che
 
     hf = AutoTokenizer.from_pretrained(str(reference_checkpoint), truncation_side="left")
     rng = random.Random(13)
-    pairs = [("A man is playing a guitar.", _filler(rng, _sentences(), 600, set())),
-             ("a dog " * 300, "a cat " * 400), ("short", "pair")]
-    tokenizer = PairTokenizer(model.model_dir / model.manifest.tokenizer.file, model.manifest.tokenizer,
-                              model.max_length, model.manifest.inputs)
+    pairs = [
+        ("A man is playing a guitar.", _filler(rng, _sentences(), 600, set())),
+        ("a dog " * 300, "a cat " * 400),
+        ("short", "pair"),
+    ]
+    tokenizer = PairTokenizer(
+        model.model_dir / model.manifest.tokenizer.file,
+        model.manifest.tokenizer,
+        model.max_length,
+        model.manifest.inputs,
+    )
     encoded = tokenizer.encode(pairs, "left")
     for i, (a, b) in enumerate(pairs):
         start, length = int(encoded.starts[i]), int(encoded.lengths[i])
@@ -476,12 +522,14 @@ def test_left_truncation_keeps_the_end_as_transformers_does(model, reference_che
     left = model.predict(pairs, long_documents=LongDocuments(truncation_direction="left"))
     right = model.predict(pairs)
     assert left[0] != right[0] and left[2] == right[2]
-    np.testing.assert_array_equal(model.predict(pairs, long_documents=LongDocuments(truncation_direction="right")),
-                                  right)
+    np.testing.assert_array_equal(
+        model.predict(pairs, long_documents=LongDocuments(truncation_direction="right")), right
+    )
     spans = _pipeline.truncated_spans(model, pairs[:1], "left")
     assert spans[0][1] == len(pairs[0][1]) and spans[0][0] > 0
-    ranked = model.rank(pairs[0][0], [pairs[0][1]], long_documents=LongDocuments(truncation_direction="left"),
-                        return_spans=True)
+    ranked = model.rank(
+        pairs[0][0], [pairs[0][1]], long_documents=LongDocuments(truncation_direction="left"), return_spans=True
+    )
     assert ranked[0]["score"] == left[0] and ranked[0]["span"] == spans[0]
 
 
@@ -490,8 +538,13 @@ def test_chunk_mode_needs_one_label(tmp_path):
     from crossonnx.exporter.pipeline import export_model
     from pairs import RANDOM_WEIGHT_GATES
 
-    folder = export_model(str(build_tiny("bert", tmp_path / "ckpt", seed=2, num_labels=3)), out=tmp_path / "onnx",
-                          precisions=["fp32"], gate_overrides=RANDOM_WEIGHT_GATES, log=None)
+    folder = export_model(
+        str(build_tiny("bert", tmp_path / "ckpt", seed=2, num_labels=3)),
+        out=tmp_path / "onnx",
+        precisions=["fp32"],
+        gate_overrides=RANDOM_WEIGHT_GATES,
+        log=None,
+    )
     encoder = CrossEncoder(folder, threads=1)
     with pytest.raises(InvalidOptionError, match="long_documents='chunk' needs a model with one label"):
         encoder.predict([("a", "b")], long_documents="chunk")
@@ -507,14 +560,17 @@ def test_cli_rank_and_predict_chunk_flags(reference_export, model, capsys):
     lines = capsys.readouterr().out.splitlines()
     score, corpus_id, span, text = lines[0].split("\t")
     assert (corpus_id, span, text) == ("0", "25:55", HAND_DOC)
-    expected = model.predict((HAND_QUERY, HAND_DOC), long_documents=LongDocuments("chunk", chunk_tokens=8,
-                                                                                   chunk_overlap=2))
+    expected = model.predict(
+        (HAND_QUERY, HAND_DOC), long_documents=LongDocuments("chunk", chunk_tokens=8, chunk_overlap=2)
+    )
     assert float(score) == pytest.approx(float(expected), abs=1e-6)
 
     # 14 tokens: the first 2 windows, which hold the best
     capped = ["--max-document-tokens", "14"]
-    assert main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, *capped,
-                 "--on-capped", "flag"]) == 0
+    assert (
+        main(["predict", str(reference_export), "--pair", HAND_QUERY, HAND_DOC, *args, *capped, "--on-capped", "flag"])
+        == 0
+    )
     import json
 
     row = json.loads(capsys.readouterr().out)
@@ -531,9 +587,11 @@ def test_score_file_chunks_passages(tmp_path, model):
     from crossonnx.scale.files import score_file
 
     rng = random.Random(17)
-    rows = [{"query": HAND_QUERY, "passage": HAND_DOC},
-            {"query": HAND_QUERY, "passage": _filler(rng, _sentences(), 800, set())},
-            {"query": "A man plays guitar.", "passage": "A man is playing a guitar."}]
+    rows = [
+        {"query": HAND_QUERY, "passage": HAND_DOC},
+        {"query": HAND_QUERY, "passage": _filler(rng, _sentences(), 800, set())},
+        {"query": "A man plays guitar.", "passage": "A man is playing a guitar."},
+    ]
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     options = LongDocuments("chunk", chunk_tokens=64, max_document_tokens=200, on_capped="flag")

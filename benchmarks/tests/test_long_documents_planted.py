@@ -35,10 +35,29 @@ def test_cases_plant_a_held_back_answer_at_the_end() -> None:
 
 def test_a_short_planted_run_writes_its_report(model_dir: Path, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "long_documents.py"), "--planted-only", "--model-dir",
-         str(model_dir), "--cases", "2", "--words", "150", "--chunk-tokens", "16", "--threads", "1", "--provider",
-         "cpu", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "long_documents.py"),
+            "--planted-only",
+            "--model-dir",
+            str(model_dir),
+            "--cases",
+            "2",
+            "--words",
+            "150",
+            "--chunk-tokens",
+            "16",
+            "--threads",
+            "1",
+            "--provider",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "long_documents_planted.json").read_text())
