@@ -52,7 +52,6 @@ MODES = ("truncate", "chunk")
 AGGREGATES = ("max", "first", "mean")
 ON_CAPPED = ("raise", "flag")
 DEFAULT_CAP_WINDOWS = 10  # the default cap: this many default windows' tokens (Cohere's max_chunks_per_doc default)
-DEFAULT_MAX_CHUNKS = DEFAULT_CAP_WINDOWS  # the name the server and the command line import it by
 OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
 # fields that only chunk mode takes, and the least value of each
 CHUNK_ONLY = {"chunk_tokens": 1, "chunk_overlap": 0, "max_document_tokens": 1}
