@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossonnx.errors import (
     CrossOnnxError,
+    DocumentCappedError,
     ExportError,
     InvalidInputError,
     InvalidOptionError,
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CrossEncoder",
     "CrossOnnxError",
+    "DocumentCappedError",
     "ExportError",
     "InvalidInputError",
     "InvalidOptionError",

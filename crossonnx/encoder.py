@@ -256,7 +256,8 @@ class CrossEncoder:
 
         Returns a ``PairDetails``: ``scores``; ``spans`` (the characters of each second text behind the score:
         the best window, or in truncate mode the part that survived truncation); ``chunks`` (windows scored per
-        pair); ``capped`` (documents with more than ``max_chunks`` windows); ``window_scores``; ``model_calls``.
+        pair); ``capped`` (second texts longer than the cap, with ``on_capped="flag"``); ``window_scores``;
+        ``model_calls``.
         """
         options = LongDocuments.of(long_documents)
         items = normalize_pairs(pairs)[0]
@@ -308,9 +309,9 @@ class CrossEncoder:
             convert_to_numpy: False returns a list of float32 scalars (or rows).
             long_documents: ``"truncate"`` (default: what fits in the max length, as sentence-transformers),
                 ``"chunk"`` (the second text is scored in windows of what fits beside the first text, overlapping
-                by a quarter, at most 10 per pair, and the best window's score kept) or a ``LongDocuments`` with
-                the window size, overlap, aggregate, cap and truncation direction. ``predict_details`` says
-                which pairs were capped and where the best window is.
+                by a quarter, the best window's score kept; a second text longer than 10 windows' tokens raises
+                ``DocumentCappedError``) or a ``LongDocuments`` with the window size, overlap, aggregate, cap (and
+                what a longer text does) and truncation direction. ``predict_details`` says where the best window is.
 
         Returns:
             A float32 scalar for one pair; an array of shape (n,) for one label or (n, num_labels) otherwise.

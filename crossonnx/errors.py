@@ -46,6 +46,39 @@ def _option_error_without_value(cls: type, field: str, rule: str, message: str) 
     return cls(field, rule, message=message)
 
 
+SHOWN_PAIRS = 3  # pairs a DocumentCappedError details; it counts the rest
+
+
+class DocumentCappedError(InvalidOptionError):
+    """Chunk mode with ``on_capped="raise"`` met second texts longer than the cap (``max_document_tokens``).
+
+    ``indexes``: those pairs (positions in the input); ``covered``: the tokens of each the windows would read;
+    ``tokens``: the tokens each has. ``field`` is ``"max_document_tokens"``, the option to raise.
+    """
+
+    def __init__(self, indexes: list[int], covered: list[int], tokens: list[int], count: int):
+        self.indexes, self.covered, self.tokens, self.count = list(indexes), list(covered), list(tokens), count
+        if len(indexes) == 1:
+            which = f"the first {covered[0]} of the {tokens[0]} tokens of pair {indexes[0]}'s second text"
+        else:
+            shown = "; ".join(
+                f"pair {i}: {c} of its {t} tokens"
+                for i, c, t in zip(indexes[:SHOWN_PAIRS], covered[:SHOWN_PAIRS], tokens[:SHOWN_PAIRS], strict=True)
+            )
+            more = f"; and {len(indexes) - SHOWN_PAIRS} more" if len(indexes) > SHOWN_PAIRS else ""
+            which = f"the first tokens of the second texts of {len(indexes)} of {count} pairs ({shown}{more})"
+        message = (
+            f"chunk mode would read only {which}: the windows stop at max_document_tokens (by default 10 x the "
+            f"window that fits beside the query). Pass LongDocuments('chunk', max_document_tokens={max(tokens)}, ...) "
+            "to read them whole, or on_capped='flag' to score their first tokens and flag them capped "
+            "(predict_details, rank)"
+        )
+        super().__init__("max_document_tokens", "must cover every second text, or on_capped='flag'", message=message)
+
+    def __reduce__(self) -> tuple:  # picklable (Ray sends errors between processes)
+        return (type(self), (self.indexes, self.covered, self.tokens, self.count))
+
+
 class MovedArgumentError(CrossOnnxError, TypeError):
     """A keyword argument that moved: the message names the call to write instead."""
 

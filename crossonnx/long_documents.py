@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossonnx.errors import InvalidOptionError, MovedArgumentError
+from crossonnx.errors import DocumentCappedError, InvalidOptionError, MovedArgumentError
 from crossonnx.tokenization import TRUNCATION_DIRECTIONS
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ DEFAULT_CAP_WINDOWS = 10  # the default cap: this many default windows' tokens (
 OVERLAP_DIVISOR = 4  # default overlap: a quarter of the window
 # fields that only chunk mode takes, and the least value of each
 CHUNK_ONLY = {"chunk_tokens": 1, "chunk_overlap": 0, "max_document_tokens": 1}
-SHOWN_PAIRS = 3  # pairs a DocumentCappedError details; it counts the rest
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -178,36 +177,6 @@ def moved_arguments_error(method: str, kwargs: dict[str, Any]) -> MovedArgumentE
         f"{method}() no longer takes {names}: the long-document options are one argument now. Pass "
         f"long_documents=LongDocuments({call}) (from crossonnx import LongDocuments){cap}"
     )
-
-
-class DocumentCappedError(InvalidOptionError):
-    """Chunk mode with ``on_capped="raise"`` met second texts longer than the cap (``max_document_tokens``).
-
-    ``indexes``: those pairs (positions in the input); ``covered``: the tokens of each the windows would read;
-    ``tokens``: the tokens each has. ``field`` is ``"max_document_tokens"``, the option to raise.
-    """
-
-    def __init__(self, indexes: Sequence[int], covered: Sequence[int], tokens: Sequence[int], count: int):
-        self.indexes, self.covered, self.tokens, self.count = list(indexes), list(covered), list(tokens), count
-        if len(indexes) == 1:
-            which = f"the first {covered[0]} of the {tokens[0]} tokens of pair {indexes[0]}'s second text"
-        else:
-            shown = "; ".join(
-                f"pair {i}: {c} of its {t} tokens"
-                for i, c, t in zip(indexes[:SHOWN_PAIRS], covered[:SHOWN_PAIRS], tokens[:SHOWN_PAIRS], strict=True)
-            )
-            more = f"; and {len(indexes) - SHOWN_PAIRS} more" if len(indexes) > SHOWN_PAIRS else ""
-            which = f"the first tokens of the second texts of {len(indexes)} of {count} pairs ({shown}{more})"
-        message = (
-            f"chunk mode would read only {which}: the windows stop at max_document_tokens (by default 10 x the "
-            f"window that fits beside the query). Pass LongDocuments('chunk', max_document_tokens={max(tokens)}, ...) "
-            "to read them whole, or on_capped='flag' to score their first tokens and flag them capped "
-            "(predict_details, rank)"
-        )
-        super().__init__("max_document_tokens", "must cover every second text, or on_capped='flag'", message=message)
-
-    def __reduce__(self) -> tuple:  # picklable (Ray sends errors between processes)
-        return (type(self), (self.indexes, self.covered, self.tokens, self.count))
 
 
 # ----------------------------------------------------------------------------------------------- windowing
