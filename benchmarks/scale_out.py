@@ -447,8 +447,33 @@ def main() -> None:
     out_base.parent.mkdir(parents=True, exist_ok=True)
     out_base.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     out_base.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
+    plot(doc, out_base.with_suffix(".png"))
     print(markdown(doc))
-    log(f"wrote {out_base.with_suffix('.json')} and {out_base.with_suffix('.md')} in {doc['elapsed_s']:.0f} s")
+    log(f"wrote {out_base.with_suffix('.json')}, .md and .png in {doc['elapsed_s']:.0f} s")
+
+
+def plot(doc: dict[str, Any], out: Path) -> Path | None:
+    """Each way of scoring as a ratio to in-process predict, end to end and in steady state, side by side."""
+    from crossonnx.bench.report import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    rows = doc["throughput"]
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    positions = list(range(len(rows)))[::-1]
+    height = 0.38
+    axis.barh([p + height / 2 for p in positions], [r["vs_predict"] for r in rows], height, label="end to end")
+    axis.barh([p - height / 2 for p in positions], [r["steady_vs_predict"] for r in rows], height, label="steady")
+    axis.axvline(1.0, color="grey", linewidth=0.8)
+    axis.set_yticks(positions, [r["engine"] for r in rows], fontsize=8)
+    axis.set_xlabel("pairs/s as a ratio to CrossEncoder.predict on pairs in memory (same run)")
+    axis.set_title(f"Scoring {rows[0]['rows']:,} pairs: files, Ray Data and Spark against predict")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -511,7 +536,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for m in doc["memory"]:
         lines.append(f"| {m['format']} | {m['rows']:,} | {m['file_mb']:.1f} | {m['peak_rss_mb']:.0f} | "
                      f"{m['wall_s']:.1f} | {m['pairs_per_s']:,.0f} |")
-    lines += ["", f"Benchmark wall time: {doc['elapsed_s']:.0f} s.", ""]
+    lines += ["", "![each way of scoring against predict](scale_out.png)", "",
+              f"Benchmark wall time: {doc['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)
 
 
