@@ -139,6 +139,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             f"{precision:{width}s} {'ok  ' if r['passed'] else 'FAIL'} max abs diff {r['max_abs_diff']:.3g}  "
             f"Spearman {r['spearman']:.6f}  ({r['n']} pairs, {r['provider']})"
         )
+    if chosen:
+        from crossonnx.manifest import load_manifest
+
+        for item in load_manifest(args.model_dir).left_out:  # what the export built but did not keep
+            print(f"{item.precision:{width}s} not in the folder: {item.reason()}")
     return 0 if ok else 1
 
 
@@ -183,6 +188,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _cmd_bench_accuracy(args)
     from crossonnx.bench.report import throughput_markdown
     from crossonnx.bench.throughput import BenchConfig, BenchModel, environment, make_peer_dir, run_matrix
+    from crossonnx.manifest import load_manifest
+
+    load_manifest(args.model_dir)  # a missing or broken folder is an error here, not a report of failed engines
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     engines = args.engines.split(",") if args.engines else (

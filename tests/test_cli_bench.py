@@ -38,3 +38,9 @@ def test_bench_speed_writes_json_and_markdown(tiny_exports: dict[str, Path], tmp
         assert row["pairs"] == 32 and len(row["pairs_per_s_all"]) == 1, row
         assert row["pairs_per_s"] == statistics.median(row["pairs_per_s_all"]) and math.isfinite(row["pairs_per_s"])
     assert out.with_suffix(".md").read_text().startswith("#")
+
+
+def test_bench_on_a_missing_folder_fails_naming_it(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing"
+    assert main(["bench", str(missing), "--pairs", "8", "--reps", "1"]) == 2
+    assert str(missing) in capsys.readouterr().err
