@@ -15,7 +15,7 @@ from crossonnx import CrossEncoder
 from crossonnx.cli import main
 from crossonnx.scale import ScaleError
 from crossonnx.scale.files import Columns, score_file
-from pairs import parity_pairs
+from pairs import parity_pairs, write_rows
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -31,19 +31,6 @@ def rows() -> list[dict]:
     pairs = [*parity_pairs(48, seed=3), ('say "hi", ok', "a,b,c\r\nd"), ("", ""), ("\u2028", "'\"")]
     pairs = (pairs * 5)[:230]
     return [{"id": i, "query": q, "passage": p, "lang": "xx" if i % 3 else "en"} for i, (q, p) in enumerate(pairs)]
-
-
-def write_rows(path: Path, fmt: str, rows: list[dict]) -> Path:
-    if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=50)
-    elif fmt == "jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    else:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return path
 
 
 def read_rows(path: Path, fmt: str) -> list[dict]:

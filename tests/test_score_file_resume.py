@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pairs
 from crossonnx import CrossEncoder, LongDocuments
 from crossonnx.scale import ScaleError
 from crossonnx.scale.columns import Columns
@@ -42,16 +43,7 @@ def rows() -> list[dict]:
 
 
 def write_rows(path: Path, fmt: str, rows: list[dict]) -> Path:
-    if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=64)
-    elif fmt == "jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    else:
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return path
+    return pairs.write_rows(path, fmt, rows, row_group_size=64)
 
 
 def read_ids(path: Path, fmt: str) -> list[int]:
