@@ -6,8 +6,9 @@
 One long-lived ``CrossEncoder`` per variant (provider, precision), each in a process of its own, scores --calls
 requests of 1-16 (query, passage) pairs with passages of up to 300 words (STSb sentences), the way a rerank
 service sees them: nearly every call has a (rows, padded length) shape not seen before. Resident memory is read
-after every twentieth of the calls. For OpenVINO each variant runs twice in the same run: with crossonnx's bound on
-the CPU plugin's per-shape kernel cache (``RUNTIME_CACHE_CAPACITY``) and with OpenVINO's default (unbounded in
+after every twentieth of the calls. For OpenVINO each variant runs twice in the same run: with crossonnx's bound
+(calls padded to a multiple of ``WIDTH_MULTIPLE`` tokens, and the CPU plugin's per-shape kernel cache capped at
+``RUNTIME_CACHE_CAPACITY``) and with OpenVINO's defaults (padding to the longest pair, a cache unbounded in
 practice); the pair gives the bound's effect on memory and its cost in pairs/s.
 
 Growth is measured after warm-up (the first fifth of the calls): (last RSS - RSS at warm-up) / RSS at warm-up.
@@ -61,7 +62,9 @@ def soak_one(model_dir: str, provider: str, precision: str, bounded: bool, calls
     if provider == "openvino" and not bounded:
         from crossonnx.engines import openvino as openvino_engine
 
-        openvino_engine.RUNTIME_CACHE_CAPACITY = None  # OpenVINO's default, the comparison arm
+        # OpenVINO's defaults, the comparison arm: its kernel cache's own capacity, calls padded to the longest pair
+        openvino_engine.RUNTIME_CACHE_CAPACITY = None
+        openvino_engine.WIDTH_MULTIPLE = 1
     work = requests(calls, seed)
     model = CrossEncoder(model_dir, precision=precision, provider=provider, threads=threads)
     model.predict(work[0])

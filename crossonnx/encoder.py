@@ -221,7 +221,7 @@ class CrossEncoder:
         for start in range(0, len(items), CHUNK_PAIRS):
             encoded = self._tokenizer.encode(items[start : start + CHUNK_PAIRS], truncation_direction)
             for rows in plan_batches(encoded.lengths, rows_cap, self.token_budget):
-                feed = self._tokenizer.batch(encoded, rows)
+                feed = self._tokenizer.batch(encoded, rows, self._engine.width_multiple)
                 out[start + rows] = self._engine.run(feed)
                 progress.advance(len(rows))
                 stats.padded_tokens += feed["attention_mask"].size

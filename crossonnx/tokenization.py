@@ -119,10 +119,13 @@ class PairTokenizer:
         np.cumsum(lengths[:-1], out=starts[1:])
         return EncodedPairs(lengths=lengths, starts=starts, ids=ids, type_ids=type_ids)
 
-    def batch(self, encoded: EncodedPairs, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Padded feed dict for the pairs at ``rows`` (indices into ``encoded``)."""
+    def batch(self, encoded: EncodedPairs, rows: np.ndarray, width_multiple: int = 1) -> dict[str, np.ndarray]:
+        """Padded feed dict for the pairs at ``rows`` (indices into ``encoded``), padded to the longest pair's
+        length rounded up to ``width_multiple`` (never past ``max_length``): fewer distinct shapes per engine."""
         lengths = encoded.lengths[rows]
         width = int(lengths.max())
+        if width_multiple > 1:
+            width = max(width, min(-(-width // width_multiple) * width_multiple, self.max_length))
         positions = np.arange(width)
         if self.spec.padding_side == "left":
             mask = positions >= (width - lengths)[:, None]

@@ -155,3 +155,33 @@ def test_base_install_resolves_without_openvino_nncf_or_torch(tmp_path):
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     assert {"crossonnx", "onnxruntime", "tokenizers", "numpy"} <= names
     assert not names & {"openvino", "nncf", "torch", "transformers", "sentence-transformers", "onnxruntime-gpu"}
+
+
+def test_openvino_calls_take_few_shapes_and_score_as_unpadded(reference_export, monkeypatch):
+    """Calls are padded to a multiple of WIDTH_MULTIPLE tokens, so random traffic maps onto a bounded set of
+    shapes (what keeps a long-lived engine's kernel cache, and its memory, flat) with unchanged scores."""
+    import random
+
+    from crossonnx.engines import openvino as openvino_engine
+    from crossonnx.stsb import load_stsb
+
+    words = " ".join(row.sentence1 for row in load_stsb("dev")[:400]).split()
+    rng = random.Random(5)
+    work = [[(" ".join(rng.sample(words, 4)), " ".join(rng.sample(words, rng.randint(1, 250))))
+             for _ in range(rng.randint(1, 8))] for _ in range(60)]
+    encoder = CrossEncoder(reference_export, provider="openvino", precision="fp32", threads=1)
+    seen: list[tuple[int, int]] = []
+    run = encoder._engine.run
+
+    def recording(feed: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append(feed["input_ids"].shape)
+        return run(feed)
+
+    monkeypatch.setattr(encoder._engine, "run", recording)
+    padded = [encoder.predict(request) for request in work]
+    multiple, longest = openvino_engine.WIDTH_MULTIPLE, encoder.max_length
+    assert multiple > 1 and all(width % multiple == 0 or width == longest for _, width in seen)
+    assert len({width for _, width in seen}) <= -(-longest // multiple)
+    monkeypatch.setattr(openvino_engine, "WIDTH_MULTIPLE", 1)
+    for request, scores in zip(work, padded, strict=True):
+        np.testing.assert_allclose(scores, encoder.predict(request), atol=2e-6)

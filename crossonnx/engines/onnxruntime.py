@@ -286,6 +286,9 @@ class OrtEngine:
     """One ONNX Runtime session. On a GPU the inputs are bound once to device memory (IO binding)."""
 
     token_budget = TOKEN_BUDGET
+    # padded to the longest pair only: int8's activation scales are per tensor, so extra padding would move scores,
+    # and ONNX Runtime's CPU memory stays flat over shapes without it (benchmarks/results/soak.md)
+    width_multiple = 1
 
     def __init__(
         self, session: ort.InferenceSession, provider: str, graph_file: str, options: dict[str, Any], device_id: int
