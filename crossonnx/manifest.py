@@ -76,16 +76,20 @@ class Miss:
 
 @dataclass(frozen=True)
 class LeftOut:
-    """A precision an export without ``--precision`` built, validated and left out of the folder: it missed its
-    gate. ``flag`` is the ``--gate`` that admits it on a re-export (None where none does: scores not finite)."""
+    """A precision an export without ``--precision`` left out of the folder: it missed its gate (``misses``; ``flag``
+    is the ``--gate`` that admits it on a re-export, None where none does: scores not finite), or it was not built
+    (``not_built`` says why: what this machine lacks, or the error its build raised)."""
 
     precision: str
     misses: tuple[Miss, ...]
     flag: str | None
     parity: Parity | None = None
+    not_built: str | None = None
 
     def reason(self) -> str:
-        """What it missed, and the flag that admits it."""
+        """What it missed, and the flag that admits it; or why it was not built."""
+        if self.not_built is not None:
+            return f"not built: {self.not_built}"
         names = {"max_abs_diff": "max abs diff", "spearman": "Spearman"}
         missed = "; ".join(
             "scores contain NaN or inf" if miss.metric == "finite"
@@ -98,13 +102,14 @@ class LeftOut:
         return {
             "precision": self.precision, "misses": [asdict(miss) for miss in self.misses], "flag": self.flag,
             "parity": self.parity.to_dict() if self.parity is not None else {},
+            **({"not_built": self.not_built} if self.not_built is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LeftOut:
         return cls(
             precision=data["precision"], misses=tuple(Miss(**miss) for miss in data["misses"]), flag=data["flag"],
-            parity=Parity.from_dict(data.get("parity") or {}),
+            parity=Parity.from_dict(data.get("parity") or {}), not_built=data.get("not_built"),
         )
 
 

@@ -245,7 +245,7 @@ def test_a_default_export_keeps_what_passes_and_names_what_it_left_out(tmp_path,
         {"crossonnx.json", "reference.json", "tokenizer.json"}
         | {name for entry in manifest.precisions.values() for name in (entry.file, *entry.extra_files)}
     )
-    [left] = manifest.left_out
+    [left] = [item for item in manifest.left_out if item.not_built is None]
     measured = left.parity.max_abs_diff
     assert left.precision == "int8" and left.parity.passed is False and measured > 1e-9
     assert left.misses == (Miss("max_abs_diff", measured, 1e-9),)
@@ -274,7 +274,8 @@ def test_a_default_export_keeps_what_passes_and_names_what_it_left_out(tmp_path,
     again = export_model(checkpoint, out=out, gate_overrides=[*RANDOM_WEIGHT_GATES, TIGHT_INT8, *left.flag.split()[1:]],
                          overwrite=True, log=None)
     readmitted = load_manifest(again)
-    assert set(readmitted.precisions) == expected_default_precisions() and readmitted.left_out == ()
+    assert set(readmitted.precisions) == expected_default_precisions()
+    assert all(item.not_built for item in readmitted.left_out)  # only what this machine cannot build
     assert readmitted.precisions["int8"].parity.gate.max_abs_diff == limit
 
 
@@ -335,3 +336,51 @@ def test_no_flag_admits_scores_that_are_not_finite():
                     gate=Gate(0.1, 0.9))
     left = left_out("int8", parity)
     assert left.flag is None and left.reason() == "scores contain NaN or inf; no gate admits it"
+
+
+def test_a_default_export_accounts_for_every_default_precision(tiny_exports):
+    """Each of the table's default precisions is in the folder, or in left_out saying why: what this machine lacks
+    to build it (e.g. bf16 on a CPU without bf16), or what it missed."""
+    from crossonnx.exporter.pipeline import build_problem
+    from crossonnx.precisions import ROWS
+
+    manifest = load_manifest(tiny_exports["bert"])
+    left = {item.precision: item for item in manifest.left_out}
+    for row in (row for row in ROWS if row.default):
+        problem = build_problem(row.name)
+        if problem is None:
+            assert row.name in manifest.precisions or left[row.name].not_built is None, row.name
+        else:
+            assert row.name not in manifest.precisions and left[row.name].reason() == f"not built: {problem}"
+            assert left[row.name].misses == () and left[row.name].flag is None
+
+
+def test_a_precision_whose_build_raises_is_left_out_unless_named(tmp_path, tiny_checkpoints, monkeypatch):
+    """A default export goes on without a precision whose build raised, naming the error; an export that named it
+    fails whole and writes nothing."""
+    import dataclasses
+
+    from crossonnx.exporter import pipeline
+    from pairs import RANDOM_WEIGHT_GATES
+
+    def broken(export: object, row: object) -> dict:
+        raise RuntimeError("quantizer ran out of disk\nsecond line")
+
+    stages = tuple(dataclasses.replace(s, build=broken) if s.precision == "int8" else s for s in pipeline.STAGES)
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "STAGE_OF", {s.precision: s for s in stages})
+    checkpoint, out = str(tiny_checkpoints["bert"]), tmp_path / "default"
+    lines: list[str] = []
+    pipeline.export_model(checkpoint, out=out, gate_overrides=RANDOM_WEIGHT_GATES, log=lines.append)
+    manifest = load_manifest(out)
+    assert set(manifest.precisions) == expected_default_precisions() - {"int8"}
+    assert not (out / "model_int8.onnx").exists()
+    [left] = [item for item in manifest.left_out if item.precision == "int8"]
+    assert left.reason() == "not built: its build failed: RuntimeError: quantizer ran out of disk"
+    assert any("int8 left out: not built: its build failed" in line for line in lines)
+
+    named = tmp_path / "named"
+    with pytest.raises(RuntimeError, match="out of disk"):
+        pipeline.export_model(checkpoint, out=named, precisions="fp32,int8", gate_overrides=RANDOM_WEIGHT_GATES,
+                              log=None)
+    assert not named.exists() and not list(tmp_path.glob(".named.partial-*"))

@@ -26,9 +26,12 @@ def quiet_libraries() -> None:
 
 @dataclass
 class LoadedCheckpoint:
-    model: torch.nn.Module
     config: Any
     tokenizer: Any
+    path: Path
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    model: torch.nn.Module | None = None  # loaded by load_model, for the graph export only
 
     @property
     def max_tokens(self) -> int:
@@ -38,28 +41,47 @@ class LoadedCheckpoint:
             positions -= int(self.config.pad_token_id) + 1
         return positions
 
+    def load_model(self) -> torch.nn.Module:
+        """The checkpoint as a sequence classifier with eager attention (it exports to a fusable graph)."""
+        if self.model is None:
+            try:
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    self.path,
+                    attn_implementation="eager",
+                    trust_remote_code=self.trust_remote_code,
+                    use_safetensors=None if self.allow_pickle else True,
+                    dtype=torch.float32,
+                ).eval()
+            except ValueError as exc:
+                raise ExportError(
+                    f"{self.path} cannot be loaded as a sequence-classification cross-encoder: {exc}"
+                ) from None
+        return self.model
 
-def load_checkpoint(path: Path, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedCheckpoint:
-    """The checkpoint as a sequence classifier with eager attention (it exports to a fusable graph)."""
+
+def load_checkpoint(
+    path: Path, trust_remote_code: bool = False, allow_pickle: bool = False, with_model: bool = True
+) -> LoadedCheckpoint:
+    """The checkpoint's config and tokenizer, and its model unless ``with_model`` is False (the exporter loads it
+    only for the graph export, after sentence-transformers' own copy has scored the validation pairs and gone:
+    one copy of the weights in memory at a time)."""
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            attn_implementation="eager",
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
-            dtype=torch.float32,
+    if not trust_remote_code and type(config) not in AutoModelForSequenceClassification._model_mapping:
+        raise ExportError(
+            f"{path} cannot be loaded as a sequence-classification cross-encoder: transformers has no sequence "
+            f"classifier for model type {config.model_type!r}"
         )
-    except ValueError as exc:
-        raise ExportError(f"{path} cannot be loaded as a sequence-classification cross-encoder: {exc}") from None
-    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ExportError(
             f"the tokenizer of {path} has no Rust (tokenizers) backend, which the runtime needs; "
             "save a tokenizer.json with the checkpoint"
         )
-    return LoadedCheckpoint(model=model, config=config, tokenizer=tokenizer)
+    checkpoint = LoadedCheckpoint(config=config, tokenizer=tokenizer, path=Path(path),
+                                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if with_model:
+        checkpoint.load_model()
+    return checkpoint
 
 
 def graph_input_names(checkpoint: LoadedCheckpoint) -> list[str]:
@@ -161,11 +183,12 @@ def export_plain_graph(
     checkpoint: LoadedCheckpoint, names: list[str], out_path: Path, opset: int, prune_last_layer: bool = True
 ) -> bool:
     """Write the unfused fp32 graph with dynamic batch and sequence axes; True if the last layer was pruned."""
-    wrapper = _LogitsOnly(checkpoint.model, names).eval()
+    model = checkpoint.load_model()
+    wrapper = _LogitsOnly(model, names).eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
-    pruned = prune_last_layer and supports_cls_pruning(checkpoint.model)
-    pruning = cls_only_last_layer(checkpoint.model) if pruned else nullcontext()
+    pruned = prune_last_layer and supports_cls_pruning(model)
+    pruning = cls_only_last_layer(model) if pruned else nullcontext()
     with torch.no_grad(), warnings.catch_warnings(), pruning:
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(

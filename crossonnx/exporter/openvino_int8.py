@@ -46,6 +46,7 @@ import numpy as np
 
 from crossonnx.cpu import has_int8_dot_product
 from crossonnx.errors import require_module
+from crossonnx.exporter.search import fewest_that_meet
 from crossonnx.metrics import logit_agreement
 
 Feeds = list[dict[str, np.ndarray]]
@@ -184,24 +185,27 @@ def quantize_static_int8(
                           inference_precision=inference_precision, float_attention_matmuls=attention,
                           overflow_fix=overflow_fix())
     cap = int(len(downs) * target.max_float_fraction)
-    ladder = sorted({k for k in (0, 1, 2, 4, 8, 12, 16) if k <= cap} | {cap})  # one quantization per step
-    best: tuple[float, Any, list[str]] | None = None
-    for keep in ladder:
-        keep_float = head + downs[:keep]
-        quantized = nncf_static_int8(model, feeds, keep_float + attention)
+    ladder = sorted({k for k in (0, 1, 2, 4, 8, 12, 16) if k <= cap} | {cap})  # one quantization per trial
+    best: tuple[float, int, Any] | None = None  # the model to keep: the fewest that met, else the best score
+
+    def trial(keep: int) -> bool:
+        nonlocal best
+        quantized = nncf_static_int8(model, feeds, head + downs[:keep] + attention)
         measured = logit_agreement(run_logits(quantized, feeds, inference_precision), reference)
         met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
         plan.search.append({"float_down_projections": keep, **measured, "met": met})
         if log:
             log(f"int8-static with {keep} down-projections in float: Spearman {measured['spearman']:.5f}, "
                 f"rel. error {measured['rel_error']:.4f}{'  (target met)' if met else ''}")
-        score = (1 - measured["spearman"]) + measured["rel_error"]
-        if best is None or met or score < best[0]:
-            best = (score, quantized, keep_float)
-        if met:
-            break
+        score = -1.0 / (1 + keep) if met else (1 - measured["spearman"]) + measured["rel_error"]
+        if best is None or score < best[0]:
+            best = (score, keep, quantized)  # a met trial always beats one that missed (negative score)
+        return met
+
+    fewest_that_meet(ladder, trial, most_first=True)  # most models miss it even with the most in float
     assert best is not None
-    _, quantized, plan.float_matmuls = best
+    _, keep, quantized = best
+    plan.float_matmuls = head + downs[:keep]
     plan.quantized_matmuls = len(weight_matmuls(model)) - len(plan.float_matmuls)
     plan.met_target = any(step["met"] for step in plan.search)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)

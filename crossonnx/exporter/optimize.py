@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from crossonnx.architectures import architecture
+from crossonnx.exporter.graph_files import save_self_contained, save_weights_apart, working_directory
 
 NORMALIZATION_OPS = (
     "LayerNormalization",
@@ -43,24 +43,35 @@ def head_node_names(model: onnx.ModelProto) -> list[str]:
     return head
 
 
-def fuse(plain: Path, out: Path, config: Any) -> dict[str, Any]:
-    """Fuse attention, embedding/skip layer norms and GELU with ORT's transformer optimizer (portable level)."""
+def fuse(plain: Path, out: Path, config: Any, apart: Path | None = None) -> dict[str, Any]:
+    """Fuse attention, embedding/skip layer norms and GELU with ORT's transformer optimizer (portable level).
+
+    The optimizer works on the graph without its weights loaded (read from the plain graph's external data file as
+    fusions need them), and the fused graph is written one weight at a time: on a large model, one copy of the
+    weights in memory at most, where loading, fusing and serializing would hold several.
+    """
+    structure = onnx.load(str(plain), load_external_data=False)
     family = architecture(config.model_type).fusion
     if family is None:
-        shutil.copyfile(plain, out)
+        save_self_contained(structure, plain.parent, out)
+        if apart is not None:
+            save_weights_apart(structure, apart)
         return {"graph": "plain (no fusion table for this architecture)"}
     _quiet_ort_python_tools()
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(
-        str(plain),
-        model_type=family,
-        num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size),
-        opt_level=0,  # python fusions only: the file stays valid for CPU and CUDA providers
-        use_gpu=False,
-    )
-    model.save_model_to_file(str(out))
+    with working_directory(plain.parent):  # where the fusions' reads of external weights resolve
+        model = optimize_model(
+            structure,
+            model_type=family,
+            num_heads=int(config.num_attention_heads),
+            hidden_size=int(config.hidden_size),
+            opt_level=0,  # python fusions only: the file stays valid for CPU and CUDA providers
+            use_gpu=False,
+        )
+    save_self_contained(model.model, plain.parent, out)
+    if apart is not None:
+        save_weights_apart(model.model, apart)
     fused = {op: count for op, count in model.get_fused_operator_statistics().items() if count}
     return {"graph": f"fused ({family} optimizer)", "fused_operators": fused}
 
@@ -78,5 +89,5 @@ def to_mixed_fp16(fused: Path, out: Path) -> dict[str, Any]:
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
         node_block_list=head,
     )
-    model.save_model_to_file(str(out))
+    save_self_contained(model.model, fused.parent, out)  # one weight serialized at a time
     return {"graph": "fused, mixed fp16", "fp32_ops": list(FP32_OPS), "fp32_nodes": head, "io": "float32"}

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from crossonnx.batching import plan_batches
 from crossonnx.engines import OPENVINO_INSTALL, openvino_installed
 from crossonnx.errors import ExportError, ValidationError, install_command
@@ -29,6 +31,7 @@ from crossonnx.exporter.convert import (
     load_checkpoint,
     quiet_libraries,
 )
+from crossonnx.exporter.graph_files import remove_graph, save_self_contained, weights_apart
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
@@ -61,6 +64,7 @@ from crossonnx.versions import library_versions
 
 DEFAULT_OPSET = 17
 PLAIN_GRAPH = "model_plain.onnx"
+FUSED_APART = "model_fp32_apart.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 VERSIONED = (
     "crossonnx", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers", "numpy"
@@ -228,7 +232,9 @@ def export_model(
         manifest = provisional_manifest(export)
         manifest.write(tmp)  # provisional: the runtime needs it to validate
         parities = validate(export)
-        leave_out = drop_failed(export, parities)
+        leave_out = drop_failed(export, parities) + tuple(
+            LeftOut(p, (), None, not_built=why) for p, why in export.not_built.items()
+        ) + (unbuildable_defaults() if precisions is None else ())
         validated = {
             p: replace(entry, parity=parities[p]) for p, entry in manifest.precisions.items() if parities[p].passed
         }
@@ -312,6 +318,11 @@ class Export:
     pruned: bool = False  # the last layer computes the [CLS] position only
     tokenizer: TokenizerSpec | None = None
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # per built precision, for the manifest
+    not_built: dict[str, str] = field(default_factory=dict)  # precision -> why its build was given up
+
+    def built(self) -> tuple[str, ...]:
+        """The precisions of the request whose files were built (in the table's order)."""
+        return tuple(p for p in self.request.precisions if p not in self.not_built)
 
     @property
     def plain(self) -> Path:
@@ -321,8 +332,16 @@ class Export:
     def file(self, precision: str) -> Path:
         return self.tmp / GRAPH_OF[precision].file
 
+    @property
+    def fused_apart(self) -> Path:
+        """The fused fp32 graph with its weights in files beside it (removed once the stages ran): what the stages
+        built from fp32 read, without copying its weights where the reader maps them."""
+        return self.tmp / FUSED_APART
+
     def source(self, row: Precision) -> Path:
         """The graph ``row`` is built from: its ``built_from`` precision's file, else the plain graph."""
+        if row.built_from == DEFAULT_PRECISION and self.fused_apart.is_file():
+            return self.fused_apart
         return self.file(row.built_from) if row.built_from is not None else self.plain
 
     def scored(self) -> Reference:
@@ -338,16 +357,43 @@ class Export:
 
 def load(request: ExportRequest, resolved: ResolvedSource, tmp: Path, steps: StepLog) -> Export:
     """Load the checkpoint with PyTorch; the export's state from here on."""
-    steps(f"loading {resolved.path} (PyTorch)")
+    steps(f"loading {resolved.path} (config and tokenizer)")
     checkpoint = load_checkpoint(
-        resolved.path, trust_remote_code=request.trust_remote_code, allow_pickle=request.allow_pickle
+        resolved.path, trust_remote_code=request.trust_remote_code, allow_pickle=request.allow_pickle,
+        with_model=False,
     )
+    peak_mb, seconds = export_cost(checkpoint.config)
+    steps.note(f"expect about {peak_mb / 1024:.1f} GB of memory at the peak and {max(1, round(seconds / 60))} min "
+               f"for every precision on 2 CPU cores (scaled from export/PARITY.md; fewer with --precision)")
     weights_dtype = stored_dtype(checkpoint.config)
     if weights_dtype in HALF_DTYPES:
         steps.note(f"weights stored as {weights_dtype}: validated against PyTorch fp32 math on them "
                    "(sentence-transformers' default runs such a checkpoint in half precision on the CPU, "
                    "~1e-5 away)")
     return Export(request, resolved, tmp, steps, checkpoint, weights_dtype, inputs=graph_input_names(checkpoint))
+
+
+# What a full export costs, scaled from the seed shapes' measured exports (export/PARITY.md, 2-core AMD Zen 2): peak
+# resident memory is the libraries' own (torch, ONNX Runtime, OpenVINO, NNCF) plus a few copies of the fp32 weights
+# (the ONNX export, fp16 conversion and NNCF's quantization each hold some); time grows with the parameters (every
+# calibration and validation pass runs the model).
+BASE_MB, PEAK_PER_FP32_MB, SECONDS_PER_MILLION_PARAMS = 1100, 4.2, 2.5
+
+
+def parameter_count(config: Any) -> int:
+    """Parameters of an encoder cross-encoder with ``config``'s shape (embeddings, layers, pooler and head)."""
+    hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+    inner = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
+    rows = int(config.vocab_size) + int(getattr(config, "max_position_embeddings", 512)) + int(
+        getattr(config, "type_vocab_size", 1) or 1)
+    layer = 4 * hidden * hidden + 2 * hidden * inner + 9 * hidden + inner
+    return rows * hidden + layers * layer + hidden * hidden + 2 * hidden
+
+
+def export_cost(config: Any) -> tuple[float, float]:
+    """Rough peak memory (MB) and time (s) of an export of every precision of a model of ``config``'s shape."""
+    params = parameter_count(config)
+    return BASE_MB + PEAK_PER_FP32_MB * params * 4 / 2**20, SECONDS_PER_MILLION_PARAMS * params / 1e6
 
 
 def score_reference(export: Export) -> None:
@@ -357,13 +403,14 @@ def score_reference(export: Export) -> None:
         export.resolved.path, validation_pairs(), export.request.max_length, export.checkpoint.max_tokens,
         export.request.trust_remote_code,
     )
+    release_memory()  # sentence-transformers' copy of the weights, before the exporter loads its own
     reference = export.reference
     export.steps.note(f"max_length {reference.max_length}, activation {reference.activation}, inputs {export.inputs}")
 
 
 def export_graph(export: Export) -> None:
-    """Trace the plain fp32 graph; then free the PyTorch model."""
-    export.steps(f"exporting the ONNX graph (opset {export.request.opset})")
+    """Load the PyTorch model, trace the plain fp32 graph, free the model."""
+    export.steps(f"exporting the ONNX graph (opset {export.request.opset}; PyTorch)")
     names = export.inputs
     export.pruned = export_plain_graph(export.checkpoint, names, export.plain, export.request.opset)
     graph_inputs = exported_input_names(export.plain)  # the tokenizer's names in order, less any the model ignores
@@ -374,8 +421,9 @@ def export_graph(export: Export) -> None:
     export.steps.note(
         "last layer computes the [CLS] position only" if export.pruned else "full graph (no [CLS]-only head)"
     )
-    del export.checkpoint.model  # free memory before the graph passes
+    export.checkpoint.model = None  # free memory before the graph passes
     release_memory()
+    weights_apart(export.plain)
 
 
 def save_tokenizer(export: Export) -> None:
@@ -410,7 +458,7 @@ class PrecisionBuilder:
 
 
 def _build_fp32(export: Export, row: Precision) -> dict[str, Any]:
-    details = fuse(export.source(row), export.file(row.name), export.checkpoint.config)
+    details = fuse(export.source(row), export.file(row.name), export.checkpoint.config, apart=export.fused_apart)
     export.steps.note(str(details.get("fused_operators", details["graph"])))
     return details
 
@@ -420,10 +468,13 @@ def _build_fp16(export: Export, row: Precision) -> dict[str, Any]:
 
 
 def _build_int8(export: Export, row: Precision) -> dict[str, Any]:
-    feeds = calibration_feeds(
-        export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs
-    )
-    return quantize_int8(export.source(row), export.file(row.name), feeds=feeds, log=export.steps.note)
+    args = (export.tmp / TOKENIZER_FILE, export.tokenizer_spec(), export.scored().max_length, export.inputs)
+    feeds = calibration_feeds(*args)
+    # the MatMuls are ranked on every other batch of 8 (half the pairs, every length): smaller captures, fewer
+    # passes over the model; the plan is still checked on every pair
+    sample = calibration_feeds(*args, batch=8)[::2]
+    return quantize_int8(export.source(row), export.file(row.name), feeds=feeds, log=export.steps.note,
+                         analysis_feeds=sample)
 
 
 def _build_bf16(export: Export, row: Precision) -> dict[str, Any]:
@@ -449,7 +500,8 @@ def _build_int8_dynamic(export: Export, row: Precision) -> dict[str, Any]:
 
 
 def _keep_unfused(export: Export, row: Precision) -> dict[str, Any]:
-    export.plain.rename(export.file(row.name))
+    structure = onnx.load(str(export.plain), load_external_data=False)
+    save_self_contained(structure, export.plain.parent, export.file(row.name))  # one file, as every precision's
     return {"graph": "unfused (for TensorRT)"}
 
 
@@ -539,20 +591,52 @@ def default_precisions(note: Callable[[str], None] | None = None) -> list[str]:
     return chosen
 
 
+def unbuildable_defaults() -> tuple[LeftOut, ...]:
+    """The table's default precisions this environment cannot build, each with why (for the manifest's left_out)."""
+    return tuple(LeftOut(row.name, (), None, not_built=problem) for row in ROWS
+                 if row.default and (problem := build_problem(row.name)) is not None)
+
+
 def build_precisions(export: Export) -> None:
-    """Run the precision stages; drop the files only later stages needed, and the plain graph."""
+    """Run the precision stages; drop the files only later stages needed, and the plain graph.
+
+    A stage that raises fails the export where its precision must pass (``ExportRequest.required``) or a later
+    stage builds on it; otherwise (a default export) its precision is left out, with the error, and the rest go on.
+    """
     for stage in export.request.stages():
         if stage.step is not None:
             export.steps(stage.step)
-        export.details[stage.precision] = {**stage.build(export, stage.row), "cls_only_last_layer": export.pruned}
-        release_memory()
-    kept = {STAGE_OF[precision].file for precision in export.request.precisions}
+        if stage.row.built_from in export.not_built:
+            export.not_built[stage.precision] = f"it is built from {stage.row.built_from}, which was not built"
+            continue
+        try:
+            details = stage.build(export, stage.row)
+        except Exception as exc:
+            if not _can_leave_out(export, stage):
+                raise
+            for name in (stage.file, *stage.extra_files):
+                (export.tmp / name).unlink(missing_ok=True)
+            export.not_built[stage.precision] = f"its build failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            export.steps.note(f"{stage.precision} left out: {export.not_built[stage.precision]}")
+            continue
+        finally:
+            release_memory()
+        export.details[stage.precision] = {**details, "cls_only_last_layer": export.pruned}
+    kept = {STAGE_OF[precision].file for precision in export.built()}
     for precision in export.details:
         stage = STAGE_OF[precision]
-        if precision not in export.request.precisions and stage.file not in kept:
+        if precision not in export.built() and stage.file not in kept:
             for name in (stage.file, *stage.extra_files):
                 (export.tmp / name).unlink()
-    export.plain.unlink(missing_ok=True)
+    remove_graph(export.plain)
+    remove_graph(export.fused_apart)
+
+
+def _can_leave_out(export: Export, stage: PrecisionStage) -> bool:
+    """Whether a failed build of ``stage`` may leave its precision out: not required, and no required precision is
+    built from it."""
+    needed_by = {p for p in export.request.required if STAGE_OF[p].row.built_from == stage.precision}
+    return stage.precision not in export.request.required and not needed_by
 
 
 # ------------------------------------------------------------------------------------ manifest and validation
@@ -590,7 +674,7 @@ def provisional_manifest(export: Export) -> Manifest:
                 details=export.details[p],
                 extra_files={name: file_record(tmp / name) for name in STAGE_OF[p].extra_files},
             )
-            for p in export.request.precisions
+            for p in export.built()
         },
         reference={"file": REFERENCE_NAME, "pairs": len(reference.pairs)},
         versions=library_versions(VERSIONED),
@@ -604,7 +688,7 @@ def validate(export: Export) -> dict[str, Parity]:
     reference = export.scored()
     gates = parse_gate_overrides(list(export.request.gate_overrides), default_gates(reference.activation))
     parities = {}
-    for precision in export.request.precisions:
+    for precision in export.built():
         export.steps(f"validating {precision} against PyTorch")
         parity = validate_precision(export.tmp, precision, reference, gates[precision])
         parities[precision] = parity
@@ -631,8 +715,8 @@ def _admitting_flag(precision: str, parity: Parity) -> str:
 def drop_failed(export: Export, parities: dict[str, Parity]) -> tuple[LeftOut, ...]:
     """Remove the files of the precisions that failed their gates (none of them required), except those a kept
     precision reads too (bf16 runs fp32's graph); what each missed, for the manifest."""
-    failed = [p for p in export.request.precisions if not parities[p].passed]
-    kept = {name for p in export.request.precisions if parities[p].passed
+    failed = [p for p in export.built() if not parities[p].passed]
+    kept = {name for p in export.built() if parities[p].passed
             for name in (STAGE_OF[p].file, *STAGE_OF[p].extra_files)}
     for precision in failed:
         stage = STAGE_OF[precision]

@@ -14,7 +14,6 @@ onnxruntime sessions). The plan is recorded in the manifest.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,8 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from crossonnx.exporter.graph_files import Initializers, save_self_contained
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import head_node_names
+from crossonnx.exporter.search import fewest_that_meet
 from crossonnx.metrics import logit_agreement
 
 Feeds = list[dict[str, np.ndarray]]
@@ -96,60 +97,96 @@ def split_first_position(model: onnx.ModelProto, names: set[str]) -> list[str]:
     return rest
 
 
-def first_rows_in_fp16(model: onnx.ModelProto) -> None:
-    """Give the fp32 first-position MatMuls an fp16 copy of their (also quantized) weight, cast up at load.
+# Weights are symmetric int8 per output channel; with reduce_range, 7-bit: [-64, 64] (ONNX Runtime's own range, so
+# its U8S8 kernels never saturate their 16-bit sums on CPUs without VNNI)
+WEIGHT_RANGE = {True: 64, False: 127}
 
-    fp16 keeps the [CLS] path within ~1e-3 relative of fp32 (7-bit int8 weights would cost a third of the
-    int8 variant's rank agreement) at half the bytes of an fp32 copy.
-    """
-    inits = {init.name: init for init in model.graph.initializer}
-    new_nodes: list[onnx.NodeProto] = []
-    done: set[str] = set()
-    for node in model.graph.node:
-        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else ""
-        if weight in inits and f"{weight}_quantized" in inits:
-            if weight not in done:
-                done.add(weight)
-                half = numpy_helper.to_array(inits[weight]).astype(np.float16)
-                model.graph.initializer.append(numpy_helper.from_array(half, f"{weight}_fp16"))
-                new_nodes.append(helper.make_node("Cast", [f"{weight}_fp16"], [f"{weight}_from_fp16"],
-                                                  name=f"{weight}_cast", to=onnx.TensorProto.FLOAT))
-            node.input[1] = f"{weight}_from_fp16"
-        new_nodes.append(node)
-    used = {name for node in new_nodes for name in node.input}
-    keep = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
+
+def quantized_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-column int8 of a MatMul weight (K, N): the int8 values and the (N,) float32 scales."""
+    levels = WEIGHT_RANGE[reduce_range]
+    absmax = np.abs(w).max(axis=0).astype(np.float32)
+    scale = np.where(absmax == 0, np.float32(1.0), 2 * absmax / np.float32(2 * levels)).astype(np.float32)
+    return np.clip(np.round(w / scale), -levels, levels).astype(np.int8), scale
 
 
 def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
-    """Quantize ``plain`` according to ``plan``; the classifier head and ``plan.fp32_matmuls`` stay fp32."""
-    logging.getLogger("root").setLevel(logging.ERROR)  # quantize_dynamic warns on the root logger
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Quantize ``plain`` according to ``plan``; the classifier head and ``plan.fp32_matmuls`` stay fp32.
 
-    model = onnx.load(str(plain))
+    ONNX Runtime's dynamic quantization, written one weight at a time: each weight MatMul becomes
+    DynamicQuantizeLinear(x) -> MatMulInteger -> Cast -> Mul(x scale x weight scales), the pattern ONNX Runtime
+    fuses into DynamicQuantizeMatMul when it loads the file. Weights are read from the plain graph's external data
+    (memory-mapped), so memory holds the output file and one weight's work, not several copies of the model.
+    """
+    model = onnx.load(str(plain), load_external_data=False)
     targets = {n.name for n in weight_matmuls(model)} - set(plan.fp32_matmuls)
     if plan.first_position_fp32:
         targets = set(split_first_position(model, targets))
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "source.onnx"
-        onnx.save(model, str(source))
-        quantize_dynamic(
-            str(source),
-            str(out),
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=sorted(targets),
-            per_channel=plan.per_channel,
-            reduce_range=plan.reduce_range,
-            weight_type=QuantType.QInt8 if plan.weight_type == np.dtype(np.int8).name else QuantType.QUInt8,
-            extra_options={"MatMulConstBOnly": True},
-        )
+    arrays = Initializers(plain.parent, model)
+    new_arrays: dict[str, np.ndarray] = {}
+    nodes: list[onnx.NodeProto] = []
+    quantized_inputs: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zero_point)
+    quantized_weights: set[str] = set()
+    for node in model.graph.node:
+        if node.name not in targets:
+            nodes.append(node)
+            continue
+        x, weight = node.input
+        y = node.output[0]
+        if x not in quantized_inputs:
+            quantized_inputs[x] = (f"{x}_quantized", f"{x}_scale", f"{x}_zero_point")
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(quantized_inputs[x]),
+                                          name=f"{x}_QuantizeLinear"))
+        x_q, x_scale, x_zero = quantized_inputs[x]
+        if weight not in quantized_weights:
+            quantized_weights.add(weight)
+            fp32 = arrays[weight]
+            values, scales = quantized_weight(fp32, plan.reduce_range)
+            new_arrays[f"{weight}_quantized"] = values
+            new_arrays[f"{weight}_scale"] = scales
+            new_arrays[f"{weight}_zero_point"] = np.zeros(scales.shape, dtype=np.int8)
+            if plan.first_position_fp32:
+                # fp16 keeps the [CLS] path within ~1e-3 relative of fp32 (7-bit int8 weights would cost a third
+                # of the int8 variant's rank agreement) at half the bytes of an fp32 copy
+                new_arrays[f"{weight}_fp16"] = fp32.astype(np.float16)
+            del fp32
+        nodes += [
+            helper.make_node("MatMulInteger", [x_q, f"{weight}_quantized", x_zero, f"{weight}_zero_point"],
+                             [f"{y}_int32"], name=f"{node.name}_quant"),
+            helper.make_node("Cast", [f"{y}_int32"], [f"{y}_int32_cast"], name=f"{node.name}_cast",
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [x_scale, f"{weight}_scale"], [f"{y}_scales"], name=f"{node.name}_scales"),
+            helper.make_node("Mul", [f"{y}_int32_cast", f"{y}_scales"], [y], name=f"{node.name}_dequantize"),
+        ]
     if plan.first_position_fp32:
-        quantized = onnx.load(str(out))
-        first_rows_in_fp16(quantized)
-        onnx.save(quantized, str(out))
+        nodes = _first_rows_from_fp16(nodes, quantized_weights)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]  # external ones stay so until written
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.initializer.extend(
+        numpy_helper.from_array(array, name) for name, array in new_arrays.items() if name in used
+    )
+    del new_arrays
+    save_self_contained(model, plain.parent, out)
+
+
+def _first_rows_from_fp16(nodes: list[onnx.NodeProto], quantized: set[str]) -> list[onnx.NodeProto]:
+    """The first-position MatMuls of quantized weights read the fp16 copy, cast up to fp32 once at load."""
+    out: list[onnx.NodeProto] = []
+    cast: set[str] = set()
+    for node in nodes:
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else ""
+        if weight in quantized:
+            if weight not in cast:
+                cast.add(weight)
+                out.append(helper.make_node("Cast", [f"{weight}_fp16"], [f"{weight}_from_fp16"],
+                                            name=f"{weight}_cast", to=onnx.TensorProto.FLOAT))
+            node.input[1] = f"{weight}_from_fp16"
+        out.append(node)
+    return out
 
 
 def _session(path: Path, keep_intermediates: bool = False):
@@ -171,19 +208,21 @@ def run_logits(path: Path, feeds: Feeds) -> np.ndarray:
 
 
 def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
-    """uint8 asymmetric per-tensor quantize-dequantize, range including 0 (DynamicQuantizeLinear)."""
+    """uint8 asymmetric per-tensor quantize-dequantize, range including 0 (DynamicQuantizeLinear), in x's dtype."""
     low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = (high - low) / 255.0 or 1.0
-    zero = np.clip(np.round(-low / scale), 0, 255)
+    scale = np.float32((high - low) / 255.0 or 1.0)
+    zero = np.float32(np.clip(np.round(-low / scale), 0, 255))
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
 def _fake_quant_weight(w: np.ndarray, plan: Int8Plan) -> np.ndarray:
     """Symmetric int8 (7-bit with reduce_range) per output channel (or per tensor) quantize-dequantize."""
-    levels = 63.0 if plan.reduce_range else 127.0
-    absmax = np.abs(w).max(axis=0, keepdims=True) if plan.per_channel else np.abs(w).max()
-    scale = np.where(absmax == 0, 1.0, absmax / levels)
-    return np.clip(np.round(w / scale), -levels, levels) * scale
+    if plan.per_channel:
+        values, scale = quantized_weight(w, plan.reduce_range)
+        return values.astype(np.float32) * scale
+    levels = WEIGHT_RANGE[plan.reduce_range]
+    scale = np.float32(np.abs(w).max() / levels or 1.0)
+    return np.clip(np.round(w / scale), -levels, levels).astype(np.float32) * scale
 
 
 CAPTURE_BUDGET = 512 * 2**20  # bytes of captured MatMul inputs held at once
@@ -203,19 +242,6 @@ def _capture_groups(inputs: dict[str, int], tokens: int, budget: int) -> list[li
     return groups
 
 
-def _memory_mapped_weights(path: Path, names: set[str]) -> dict[str, np.ndarray]:
-    """Read-only views of fp32 initializers saved as external data next to ``path``."""
-    weights = {}
-    for init in onnx.load(str(path), load_external_data=False).graph.initializer:
-        if init.name not in names:
-            continue
-        info = {entry.key: entry.value for entry in init.external_data}
-        assert init.data_type == onnx.TensorProto.FLOAT and "location" in info, init.name
-        weights[init.name] = np.memmap(path.parent / info["location"], dtype=np.float32, mode="r",
-                                       offset=int(info.get("offset", 0)), shape=tuple(init.dims))
-    return weights
-
-
 def analyse_matmuls(
     plain: Path, feeds: Feeds, plan: Int8Plan, capture_budget: int = CAPTURE_BUDGET
 ) -> tuple[set[str], dict[str, float]]:
@@ -226,32 +252,35 @@ def analyse_matmuls(
     Memory stays bounded on large models: each session exposes only a group of inputs whose captures of the
     largest batch fit in ``capture_budget`` bytes (ONNX Runtime allocates every graph output on every run),
     every capture covers the whole batch (so the per-tensor activation ranges are those of the batch), and the
-    weights are shared from one memory-mapped file.
+    weights are read from the plain graph's external data (memory-mapped) by the sessions and the simulation alike.
+    The simulation runs in float32 (the error it measures is a thousand times above float32's rounding).
     """
-    model = onnx.load(str(plain))
+    model = onnx.load(str(plain), load_external_data=False)
     dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    # plain tuples: a NodeProto would keep the whole loaded model (and its weights) alive
+    # plain tuples: a NodeProto would keep the whole loaded model alive
     nodes = [(node.name, node.input[0], node.input[1]) for node in weight_matmuls(model)]
     widths = {x: int(dims[w][0]) for _, x, w in nodes}  # input name -> its last dimension
     tokens = max((int(np.prod(next(iter(feed.values())).shape)) for feed in feeds), default=0)
     first_only: set[str] = {name for name, _, _ in nodes}
     num = dict.fromkeys(first_only, 0.0)
     den = dict.fromkeys(first_only, 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights_path = Path(tmp) / "weights.onnx"
-        onnx.save(model, str(weights_path), save_as_external_data=True, location="weights.data", size_threshold=0)
-        del model
-        weights = _memory_mapped_weights(weights_path, {w for _, _, w in nodes})
+    arrays = Initializers(plain.parent, model)
+    path = plain.with_name(f".{plain.stem}.capture.onnx")  # beside the weights file it references
+    try:
         for group in _capture_groups(widths, tokens, capture_budget):
-            capture = onnx.load(str(weights_path), load_external_data=False)
+            capture = onnx.load(str(plain), load_external_data=False)
             existing = {o.name for o in capture.graph.output}
             capture.graph.output.extend(
                 helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in group
                 if name not in existing
             )
-            path = Path(tmp) / "capture.onnx"  # beside weights.data, which it references
             onnx.save(capture, str(path))
+            del capture
             session = _session(path, keep_intermediates=True)
+            members = set(group)
+            # this group's weights, exact and simulated int8 (one group's worth in memory at a time)
+            weights = {w: arrays[w] for _, x, w in nodes if x in members}
+            quantized = {w: _fake_quant_weight(weights[w], plan) for w in weights}
             for feed in feeds:
                 width = next(iter(feed.values())).shape[1]
                 captured = dict(zip(group, session.run(group, feed), strict=True))
@@ -262,15 +291,14 @@ def analyse_matmuls(
                     first_only.discard(name)
                     if plan.first_position_fp32:
                         x = x[:, 1:]
-                    x = x.astype(np.float64)
-                    w = weights[weight_name].astype(np.float64)
-                    exact = x @ w
-                    approx = _fake_quant_activation(x) @ _fake_quant_weight(w, plan)
-                    num[name] += float(((approx - exact) ** 2).sum())
-                    den[name] += float((exact**2).sum())
+                    exact = x @ weights[weight_name]
+                    error = _fake_quant_activation(x) @ quantized[weight_name] - exact
+                    num[name] += float(np.square(error, dtype=np.float64).sum())
+                    den[name] += float(np.square(exact, dtype=np.float64).sum())
                 del captured
-            del session
-        del weights
+            del session, weights, quantized
+    finally:
+        path.unlink(missing_ok=True)
     errors = {name: (num[name] / den[name]) ** 0.5 for name in num if name not in first_only and den[name]}
     return first_only, errors
 
@@ -280,19 +308,23 @@ def choose_plan(
     feeds: Feeds,
     target: Int8Target = Int8Target(),
     log: Callable[[str], None] | None = None,
+    analysis_feeds: Feeds | None = None,
 ) -> Int8Plan:
-    """Keep the fewest of the most error-prone MatMuls in fp32 that bring the model within ``target``."""
+    """Keep the fewest of the most error-prone MatMuls in fp32 that bring the model within ``target``: MatMuls
+    ranked on ``analysis_feeds`` (default ``feeds``; a sample is enough to rank them, and the ranking is most of a
+    large model's export time), the plan checked on ``feeds``."""
     base = Int8Plan()
-    first_only, errors = analyse_matmuls(plain, feeds, base)
+    first_only, errors = analyse_matmuls(plain, analysis_feeds or feeds, base)
     release_memory()
     ranked = sorted(errors, key=errors.get, reverse=True)
     reference = run_logits(plain, feeds)
     cap = int(len(ranked) * target.max_fp32_fraction)
     ladder = sorted({k for k in (0, 2, 4, 8, 12, 16, 24, 32, 48) if k <= cap} | {cap})
-    best: tuple[float, int] | None = None
+    tried: dict[int, tuple[bool, float]] = {}  # keep -> (met, score)
     with tempfile.TemporaryDirectory() as tmp:
         trial_path = Path(tmp) / "trial.onnx"
-        for keep in ladder:
+
+        def trial(keep: int) -> bool:
             write_int8(plain, trial_path, Int8Plan(fp32_matmuls=sorted(first_only) + ranked[:keep]))
             measured = logit_agreement(run_logits(trial_path, feeds), reference)
             release_memory()
@@ -301,12 +333,12 @@ def choose_plan(
             if log:
                 log(f"int8 with {keep} more MatMuls in fp32: Spearman {measured['spearman']:.5f}, "
                     f"rel. error {measured['rel_error']:.4f}{'  (target met)' if met else ''}")
-            score = (1 - measured["spearman"]) + measured["rel_error"]
-            if met:
-                best = (0.0, keep)
-                break
-            if best is None or score < best[0]:
-                best = (score, keep)
+            tried[keep] = (met, (1 - measured["spearman"]) + measured["rel_error"])
+            return met
+
+        fewest_that_meet(ladder, trial, most_first=False)  # most models meet it with none in float
+    met = [keep for keep, (ok, _) in tried.items() if ok]
+    best = (0.0, min(met)) if met else min((score, keep) for keep, (_, score) in tried.items())
     assert best is not None
     keep = best[1]
     base.fp32_matmuls = sorted(first_only) + ranked[:keep]
@@ -317,10 +349,10 @@ def choose_plan(
 
 
 def quantize_int8(plain: Path, out: Path, feeds: Feeds | None = None, target: Int8Target = Int8Target(),
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = None, analysis_feeds: Feeds | None = None) -> dict[str, Any]:
     """Write the int8 file; with calibration ``feeds`` the plan is measured and chosen, else all are quantized."""
     if feeds:
-        plan = choose_plan(plain, feeds, target, log)
+        plan = choose_plan(plain, feeds, target, log, analysis_feeds)
     else:
         plan = Int8Plan(quantized_matmuls=len(weight_matmuls(onnx.load(str(plain), load_external_data=False))))
     write_int8(plain, out, plan)
