@@ -51,6 +51,7 @@ def save_weights_apart(model: onnx.ModelProto, out: Path, min_bytes: int = 1024)
                 entry.key, entry.value = key, value
             tensor.data_location = onnx.TensorProto.EXTERNAL
             offset += len(raw)
+    declare_node_domains(model)
     onnx.save(model, str(out))
 
 
@@ -109,6 +110,14 @@ def _field(number: int, payload_size: int) -> bytes:
     return _varint(number << 3 | LENGTH_DELIMITED) + _varint(payload_size)
 
 
+def declare_node_domains(model: onnx.ModelProto) -> None:
+    """Add an opset import for every operator domain the graph's nodes use and the model does not declare (ONNX
+    Runtime's fused operators are in com.microsoft, version 1), as a valid ONNX file needs."""
+    declared = {opset.domain for opset in model.opset_import}
+    for domain in sorted({node.domain for node in model.graph.node} - declared - {"ai.onnx"}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+
+
 def save_self_contained(model: onnx.ModelProto, folder: Path, out: Path) -> None:
     """Write ``model`` to ``out`` as one file with every weight inside, reading external weights from ``folder``:
     one weight in memory at a time, where ``onnx.save`` would hold the serialized model beside the loaded one.
@@ -116,6 +125,7 @@ def save_self_contained(model: onnx.ModelProto, folder: Path, out: Path) -> None
     A protobuf message may carry its fields in any order and repeated fields one by one, so the file is the model
     without its graph, then the graph field: the graph without initializers, then each initializer.
     """
+    declare_node_domains(model)
     initializers = list(model.graph.initializer)
     del model.graph.initializer[:]
     try:

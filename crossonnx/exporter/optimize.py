@@ -69,6 +69,7 @@ def fuse(plain: Path, out: Path, config: Any, apart: Path | None = None) -> dict
             opt_level=0,  # python fusions only: the file stays valid for CPU and CUDA providers
             use_gpu=False,
         )
+    model.topological_sort()  # as ONNX Runtime's own save does: fusions append nodes out of order
     save_self_contained(model.model, plain.parent, out)
     if apart is not None:
         save_weights_apart(model.model, apart)
@@ -89,5 +90,6 @@ def to_mixed_fp16(fused: Path, out: Path) -> dict[str, Any]:
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
         node_block_list=head,
     )
+    model.topological_sort()  # the conversion inserts casts after their consumers
     save_self_contained(model.model, fused.parent, out)  # one weight serialized at a time
     return {"graph": "fused, mixed fp16", "fp32_ops": list(FP32_OPS), "fp32_nodes": head, "io": "float32"}
