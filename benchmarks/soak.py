@@ -130,14 +130,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"per row, {doc['threads']} threads; growth: RSS from the end of warm-up (first "
         f"{int(WARMUP_FRACTION * 100)}% of the calls) to the end; target under {GROWTH_TARGET:.0%}.",
         "",
-        "| engine | precision | kernel cache | RSS at warm-up MB | RSS at end MB | growth | pairs/s | "
+        "| engine | precision | shapes | RSS at warm-up MB | RSS at end MB | growth | pairs/s | "
         "pairs/s vs unbounded |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     rows = doc["rows"]
     unbounded = {(r["provider"], r["precision"]): r for r in rows if not r["bounded"] and "error" not in r}
     for r in rows:
-        cache = "n/a" if r["provider"] != "openvino" else ("bounded" if r["bounded"] else "OpenVINO default")
+        cache = "n/a" if r["provider"] != "openvino" else ("crossonnx's bound" if r["bounded"] else "OpenVINO default")
         if "error" in r:
             lines.append(f"| {r['provider']} | {r['precision']} | {cache} | error: {r['error']} | | | | |")
             continue
@@ -147,9 +147,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {r['provider']} | {r['precision']} | {cache} | {warm:.0f} | "
                      f"{r['samples'][-1]['rss_mb']:.0f} | {r['growth']:+.1%} | {r['pairs_per_second']:.1f} | "
                      f"{ratio} |")
-    lines += ["", "The kernel cache is OpenVINO CPU's per-shape cache (`CPU_RUNTIME_CACHE_CAPACITY`); ONNX Runtime has "
-              "no such cache. Why the bound: [docs/design/bounded-engine-memory.md]"
-              "(../../docs/design/bounded-engine-memory.md).", ""]
+    lines += ["", "crossonnx's bound: calls padded to a multiple of `WIDTH_MULTIPLE` tokens and OpenVINO CPU's "
+              "per-shape kernel cache capped (`CPU_RUNTIME_CACHE_CAPACITY`); OpenVINO's default: calls padded to "
+              "the longest pair, the plugin's own cache. ONNX Runtime has no such cache and pads to the longest "
+              "pair. Why: [docs/design/bounded-engine-memory.md](../../docs/design/bounded-engine-memory.md).", ""]
     return "\n".join(lines)
 
 
@@ -163,8 +164,8 @@ def plot(doc: dict[str, Any], out: Path) -> Path | None:
     for r in doc["rows"]:
         if "error" in r:
             continue
-        label = f"{r['provider']} {r['precision']}" + ("" if r["provider"] != "openvino" else
-                                                       (" (bounded)" if r["bounded"] else " (OpenVINO default)"))
+        arm = " (crossonnx's bound)" if r["bounded"] else " (OpenVINO default)"
+        label = f"{r['provider']} {r['precision']}" + (arm if r["provider"] == "openvino" else "")
         axis.plot([s["calls"] for s in r["samples"]], [s["rss_mb"] for s in r["samples"]], label=label,
                   linestyle="-" if r["bounded"] else "--")
     axis.set_xlabel("calls (1-16 pairs each, random lengths)")

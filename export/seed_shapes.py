@@ -50,10 +50,17 @@ def step_costs(profile: dict) -> dict[str, dict[str, float]]:
 def _rows(name: str, folder: Path, profile: dict | None) -> list[dict]:
     """One row per precision the export built: those in the folder, then those it left out (FAIL, no file)."""
     manifest = load_manifest(folder)
-    built = [(precision, entry.parity, entry.bytes / 2**20) for precision, entry in manifest.precisions.items()]
-    built += [(left.precision, left.parity, None) for left in manifest.left_out]
+    built = [(precision, entry.parity, (entry.bytes + sum(r["bytes"] for r in entry.extra_files.values())) / 2**20)
+             for precision, entry in manifest.precisions.items()]  # an OpenVINO IR's weights are its extra file
+    built += [(left.precision, left.parity, None) for left in manifest.left_out if left.not_built is None]
     costs = step_costs(profile) if profile else {}
-    return [
+    arch = manifest.architecture
+    not_built = [
+        {"model": name, "precision": left.precision, "arch": arch["model_type"], "layers": arch["num_hidden_layers"],
+         "hidden": arch["hidden_size"], "mb": None, "not_built": left.not_built}
+        for left in manifest.left_out if left.not_built is not None
+    ]
+    return not_built + [
         {
             "model": name, "precision": precision, "arch": manifest.architecture["model_type"],
             "layers": manifest.architecture["num_hidden_layers"], "hidden": manifest.architecture["hidden_size"],
@@ -159,7 +166,8 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
         "## Cost per shape",
         "",
         "Peak: the export process's peak resident set (VmHWM). fp32 MB: the fp32 graph's size; the peak's ratio to",
-        "it is what an export of a larger model of the same family needs.",
+        "it is what an export of a larger model of the same family needs. Rows with `–` were measured before this",
+        "table recorded cost (fp32, fp16 and int8 only, by an earlier exporter); a run without --models measures them.",
         "",
         "| model | arch | layers x hidden | fp32 MB | export s | peak RSS MB | peak / fp32 |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -167,10 +175,11 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
     for r in rows:
         if r["precision"] != "fp32":
             continue
-        ratio = r["export_peak_mb"] / r["mb"] if r.get("export_peak_mb") and r["mb"] else None
+        peak = r.get("export_peak_mb")  # None: a row from before this table measured cost
+        ratio = peak / r["mb"] if peak and r["mb"] else None
         model = r["model"] + (f" (same as {r['same_as']})" if r.get("same_as") else "")
         lines.append(f"| {model} | {r['arch']} | {r['layers']} x {r['hidden']} | {_num(r['mb'], '.1f')} "
-                     f"| {_num(r.get('export_s'), '.0f')} | {_num(r.get('export_peak_mb'), '.0f')} "
+                     f"| {_num(r.get('export_s') if peak else None, '.0f')} | {_num(peak, '.0f')} "
                      f"| {_num(ratio, '.1f')} |")
     lines += [
         "",
@@ -189,6 +198,9 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
     ]
     for r in rows:
         if r.get("same_as"):
+            continue
+        if r.get("not_built"):
+            lines.append(f"| {r['model']} | {r['precision']} | – | not built here: {r['not_built']} | | | | | | |")
             continue
         lines.append(
             f"| {r['model']} | {r['precision']} | {_num(r['mb'], '.1f')} "
