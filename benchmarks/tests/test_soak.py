@@ -59,4 +59,4 @@ def test_a_short_soak_writes_its_report(model_dir: Path, tmp_path: Path) -> None
         assert len(row["samples"]) == 20 and row["samples"][-1]["calls"] == 20
         assert all(s["rss_mb"] > 0 for s in row["samples"]) and row["pairs_per_second"] > 0
     report = (tmp_path / "soak.md").read_text()
-    assert "| openvino | fp32 | bounded |" in report and "OpenVINO default" in report
+    assert "| openvino | fp32 | crossonnx's bound |" in report and "OpenVINO default" in report
