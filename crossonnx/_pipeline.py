@@ -148,13 +148,15 @@ def run(
     activation_fn: Activation = None,
     apply_softmax: bool = False,
     spans: bool = False,
+    warn_capped: bool = True,
 ) -> PairDetails:
-    """The three steps on this thread for validated pairs; logs the documents the cap cut short (flagged)."""
+    """The three steps on this thread for validated pairs; logs the documents the cap cut short (flagged) unless
+    ``warn_capped`` is False (a caller that scores a job in chunks and reports the total once: score-file, Ray)."""
     scoring = plan(encoder, items, options, spans)
     logits, stats = encoder._logits(scoring.pairs, batch_size, show_progress_bar, options.truncation_direction)
     details = scoring.finish(scores_from_logits(encoder, logits, activation_fn, apply_softmax), stats.model_calls)
     windows = scoring.windows
-    if windows is not None and windows.capped.any():
+    if warn_capped and windows is not None and windows.capped.any():
         capped = np.flatnonzero(windows.capped)
         logger.warning(
             "crossonnx: %d of %d documents are longer than max_document_tokens; only their first tokens were scored "

@@ -256,3 +256,20 @@ def test_a_passage_longer_than_the_chunk_cap_names_its_row(tmp_path, encoder):
     flagged = LongDocuments("chunk", max_document_tokens=16, on_capped="flag")
     result = score_file(encoder, src, chunk_rows=8, progress=False, long_documents=flagged)
     assert result.rows == 30 and result.details["capped_rows"] == 1
+
+
+def test_capped_rows_are_counted_once_for_the_job_not_warned_per_chunk(tmp_path, encoder, caplog):
+    from crossonnx import LongDocuments
+
+    # a capped passage in each of four chunks
+    rows = [{"query": "q", "passage": "word " * 80 if i % 8 == 0 else "short"} for i in range(32)]
+    src = write_rows(tmp_path / "long.jsonl", "jsonl", rows)
+    flagged = LongDocuments("chunk", max_document_tokens=16, on_capped="flag")
+    with caplog.at_level("WARNING", logger="crossonnx"):
+        result = score_file(encoder, src, chunk_rows=8, progress=False, long_documents=flagged)
+    assert result.details["capped_rows"] == 4
+    assert not [r for r in caplog.records if "max_document_tokens" in r.getMessage()]
+    # predict itself still warns (a caller who scores one list is told)
+    with caplog.at_level("WARNING", logger="crossonnx"):
+        encoder.predict([(r["query"], r["passage"]) for r in rows], long_documents=flagged)
+    assert len([r for r in caplog.records if "max_document_tokens" in r.getMessage()]) == 1

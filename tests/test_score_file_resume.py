@@ -71,7 +71,10 @@ def chunks_done(out: Path, labels: int = 1) -> int:
 
 def run_until(cmd: list[str], out: Path, chunks: int, sig: int = signal.SIGKILL, labels: int = 1) -> str:
     """Start ``cmd``, send ``sig`` once its journal holds ``chunks`` chunks, and return its stderr."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the child gets SIGINT's default (Python's KeyboardInterrupt) even where this suite was started with SIGINT
+    # ignored (a shell's background job), as a user's Ctrl-C finds it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if chunks_done(out, labels) >= chunks:
@@ -229,6 +232,8 @@ def test_an_interrupted_python_call_resumes_with_its_capped_count(tmp_path, enco
             time.sleep(0.002)
 
     thread = threading.Thread(target=interrupt, daemon=True)
+    # Ctrl-C's KeyboardInterrupt even where this suite was started with SIGINT ignored (a shell's background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -236,6 +241,7 @@ def test_an_interrupted_python_call_resumes_with_its_capped_count(tmp_path, enco
     finally:
         stop.set()
         thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert not out.exists() and chunks_done(out) >= 3
     result = score_file(encoder, src, out, resume=True, **kwargs)
     assert result.resumed_rows >= 3 * CHUNK and result.rows == ROWS

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossonnx import _pipeline
+from crossonnx._inputs import normalize_pairs
 from crossonnx.long_documents import DocumentCappedError, LongDocuments
 from crossonnx.precisions import DEFAULT_PRECISION
 from crossonnx.scale import ScaleError
@@ -253,9 +255,10 @@ class ScoreOptions:
     def _score(self, encoder: CrossEncoder, pairs: list[Pair]) -> Scored:
         options = self.long_documents
         if options.mode == "chunk":
-            details = encoder.predict_details(
-                pairs, batch_size=self.batch_size, activation_fn=self.activation, long_documents=options
-            )
+            # the job reports its capped rows once, at its end (and per row in the capped column): no warning per
+            # chunk of the job
+            details = _pipeline.run(encoder, normalize_pairs(pairs)[0], options, batch_size=self.batch_size,
+                                    activation_fn=self.activation, spans=True, warn_capped=False)
             return Scored(np.asarray(details.scores, dtype=np.float32), details.chunks, details.capped)
         scores = encoder.predict(
             pairs, batch_size=self.batch_size, activation_fn=self.activation, long_documents=options
