@@ -13,11 +13,13 @@ whose key no longer matches (the folder re-exported, another CPU, an upgrade) is
 the workload asked for (``"throughput"`` by default, or ``"latency"``), and ``token_budget="auto"`` takes the
 measured best budget. Without a stored result the static rules of crossonnx/levels.py and crossonnx/engines apply.
 Both measurements are stored; the workload only changes the pick. A service calls ``ensure_tuned`` before loading
-its encoder to measure once per folder, machine and upgrade.
+its encoder to measure once per folder, machine and upgrade; ``crossonnx serve`` does so by default wherever
+``open_choice`` finds a choice to make (a level, or ``provider="auto"`` with more than one engine for the precision).
 """
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -288,6 +290,57 @@ def _latency(encoder: _Scorer, pairs: list[tuple[str, str]], seconds: float) -> 
     return times
 
 
+def _measure(
+    encoders: dict[tuple[str, str], _Scorer],
+    load: Callable[[str, str], _Scorer],
+    variants: list[tuple[str, str]],
+    pairs: list[tuple[str, str]],
+    chunks: list[Any],
+    deadline: float,
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], _Tally]:
+    """Load every variant into ``encoders`` (the caller frees them: ``_release``), then measure them in turns over
+    ``ROUNDS`` rounds until ``deadline``: each variant's tally."""
+    tallies: dict[tuple[str, str], _Tally] = {}
+    encoder: _Scorer | None = None
+    try:
+        for provider, precision in variants:
+            say(f"loading {variant_key(provider, precision)}")
+            encoder = encoders[provider, precision] = load(provider, precision)
+            encoder.predict(pairs[:WARM_UP], batch_size=ROWS)  # thread pools, first shapes
+            encoder.predict([pairs[0]], batch_size=1)
+            own = int(encoder.token_budget or DEFAULT_BUDGET)
+            budgets = _distinct({max(MIN_BUDGET, int(own * factor)) for factor in BUDGET_FACTORS}, own, chunks)
+            tallies[provider, precision] = _Tally(own, budgets)
+        turn = max(deadline - time.perf_counter(), 0.0) / (ROUNDS * len(variants))
+        for round_no in range(ROUNDS):
+            order = variants if round_no % 2 == 0 else variants[::-1]  # drift within a round evens out over two
+            for variant in order:
+                if round_no > 0 and time.perf_counter() >= deadline:  # the first round always runs, whole
+                    break
+                encoder, tally = encoders[variant], tallies[variant]
+                for budget, totals in tally.budgets.items():
+                    encoder.token_budget = budget
+                    done, took = _throughput(encoder, pairs, turn * THROUGHPUT_SHARE / len(tally.budgets))
+                    totals[0] += done
+                    totals[1] += took
+                tally.latencies_ms += _latency(encoder, pairs, turn * (1 - THROUGHPUT_SHARE))
+            say(f"round {round_no + 1} of {ROUNDS} done")
+    finally:
+        encoder = None  # not kept alive by a traceback past _release
+    return tallies
+
+
+def _release(encoders: dict[tuple[str, str], _Scorer]) -> None:
+    """Free the encoders in the reverse order of their loading. OpenVINO's CPU plugin gives the thread that compiles
+    a model an alternate signal stack of its own and puts back the one it replaced when the model is freed: freed in
+    any other order, the thread is left with a stack already freed, and the next signal it takes (a server's SIGTERM)
+    crashes the process."""
+    while encoders:
+        encoders.popitem()  # the last loaded first
+        gc.collect()  # an encoder held in a reference cycle goes now, not later in another order
+
+
 def tune(
     model_dir: str | Path,
     seconds: float = DEFAULT_SECONDS,
@@ -316,31 +369,12 @@ def tune(
                               manifest.inputs)
     chunks = [tokenizer.encode(pairs[start : start + CHUNK]).lengths for start in range(0, len(pairs), CHUNK)]
     encoders: dict[tuple[str, str], _Scorer] = {}
-    tallies: dict[tuple[str, str], _Tally] = {}
-    for provider, precision in variants:
-        say(f"loading {variant_key(provider, precision)}")
-        encoder = CrossEncoder(model_dir, precision=precision, provider=provider, threads=threads, workload=None)
-        encoder.predict(pairs[:WARM_UP], batch_size=ROWS)  # thread pools, first shapes
-        encoder.predict([pairs[0]], batch_size=1)
-        own = int(encoder.token_budget or DEFAULT_BUDGET)
-        budgets = _distinct({max(MIN_BUDGET, int(own * factor)) for factor in BUDGET_FACTORS}, own, chunks)
-        encoders[provider, precision] = encoder
-        tallies[provider, precision] = _Tally(own, budgets)
-    deadline = began + seconds
-    turn = max(deadline - time.perf_counter(), 0.0) / (ROUNDS * len(variants))
-    for round_no in range(ROUNDS):
-        order = variants if round_no % 2 == 0 else variants[::-1]  # drift within a round evens out over two
-        for variant in order:
-            if round_no > 0 and time.perf_counter() >= deadline:  # the first round always runs, whole
-                break
-            encoder, tally = encoders[variant], tallies[variant]
-            for budget, totals in tally.budgets.items():
-                encoder.token_budget = budget
-                done, took = _throughput(encoder, pairs, turn * THROUGHPUT_SHARE / len(tally.budgets))
-                totals[0] += done
-                totals[1] += took
-            tally.latencies_ms += _latency(encoder, pairs, turn * (1 - THROUGHPUT_SHARE))
-        say(f"round {round_no + 1} of {ROUNDS} done")
+    try:
+        tallies = _measure(encoders, lambda provider, precision: CrossEncoder(
+            model_dir, precision=precision, provider=provider, threads=threads, workload=None),
+            variants, pairs, chunks, began + seconds, say)
+    finally:
+        _release(encoders)
     speeds = []
     for (provider, precision), tally in tallies.items():
         rates = {budget: done / took for budget, (done, took) in tally.budgets.items()}
@@ -349,7 +383,6 @@ def tune(
             best = tally.own
         speeds.append(VariantSpeed(provider, precision, rates[best], best, rates,
                                    statistics.median(tally.latencies_ms), len(tally.latencies_ms)))
-    del encoders
     key, identity = tune_key(manifest, threads)
     result = TuneResult(key, identity, tuple(speeds), threads, time.perf_counter() - began,
                         time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), str(Path(model_dir).resolve()))
@@ -370,6 +403,27 @@ def ensure_tuned(
     threads = default_threads() if threads is None else threads
     found = load_tuned(load_manifest(model_dir), threads)
     return found if found is not None else tune(model_dir, seconds, threads, log)
+
+
+def open_choice(manifest: Manifest, precision: str, provider: str, machine: Machine) -> str | None:
+    """Why a measurement would decide what ``precision`` and ``provider`` load here, in a few words; None where there
+    is nothing to choose: a concrete precision on a named provider, or fewer than two runnable variants the choice
+    could fall on (for a level: those that meet it or a more accurate level, as ``resolve_level`` falls back)."""
+    candidates = runnable_variants(manifest, machine)
+    if provider != "auto":
+        candidates = [v for v in candidates if v[0] == provider]
+    if precision in LEVELS:
+        accurate = LEVELS[: LEVELS.index(precision) + 1]
+        candidates = [v for v in candidates if any(shortfall(manifest, v[1], lvl) is None for lvl in accurate)]
+        what = f"level {precision!r}"
+    elif provider == "auto":
+        candidates = [v for v in candidates if v[1] == precision]
+        what = f"provider 'auto' for {precision}"
+    else:
+        return None
+    if len(candidates) < 2:
+        return None
+    return f"{what} can run as {', '.join(variant_key(*v) for v in candidates)}"
 
 
 # --- what it prints ------------------------------------------------------------------------------------------------
