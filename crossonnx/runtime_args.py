@@ -22,8 +22,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) -> None:
-    """``model_dir`` (optional), ``--precision``, ``--provider`` and ``--threads`` with the runtime's defaults."""
+def add_runtime_args(
+    parser: argparse.ArgumentParser, model_dir: bool = True, workload: str = DEFAULT_WORKLOAD,
+    workload_help: str | None = None,
+) -> None:
+    """``model_dir`` (optional), ``--precision``, ``--provider``, ``--threads`` and ``--workload`` with the runtime's
+    defaults; a command that tunes for a load of its own (serve) gives ``--workload`` its default and help."""
     if model_dir:
         parser.add_argument("model_dir", help="an exported model folder")
     parser.add_argument("--precision", default=DEFAULT_PRECISION,
@@ -33,9 +37,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, model_dir: bool = True) ->
                         help="engine: cpu (ONNX Runtime), openvino, cuda, tensorrt; auto: TensorRT > CUDA > "
                              "ONNX Runtime CPU, OpenVINO for bf16 and its int8s (default auto)")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all CPUs)")
-    parser.add_argument("--workload", default=DEFAULT_WORKLOAD, choices=WORKLOADS,
-                        help="which `crossonnx tune` measurement a level and provider auto follow, where one exists "
-                             f"for this folder and machine (default {DEFAULT_WORKLOAD})")
+    parser.add_argument("--workload", default=workload, choices=WORKLOADS,
+                        help=workload_help or "which `crossonnx tune` measurement a level and provider auto follow, "
+                                              f"where one exists for this folder and machine (default {workload})")
 
 
 def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:

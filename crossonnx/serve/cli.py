@@ -1,17 +1,36 @@
-"""Command-line registration for `crossonnx serve` (argparse only; the ASGI stack is imported when run)."""
+"""Command-line registration for `crossonnx serve` (argparse only; the ASGI stack is imported when run).
+
+Before loading its model, ``serve`` measures the folder's variants on this machine (``crossonnx tune``) wherever the
+choice is open (a level, or provider auto with more than one engine for the precision) and no measurement for this
+folder, machine, thread count and library versions is stored; ``--no-tune`` opts out, ``--tune`` measures even where
+nothing is left to choose (the measured token budget then still applies).
+"""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import logging
+import math
 
 from crossonnx.errors import CrossOnnxError, install_command, require_module
 from crossonnx.runtime_args import add_runtime_args, positive_int, runtime_kwargs
 from crossonnx.serve.limits import ServeLimits
 from crossonnx.serve.security import API_KEY_ENV, resolve_api_key
+from crossonnx.tune import DEFAULT_SECONDS
 
 SERVE_EXTRA_HINT = install_command("serve")
+# What serve tunes for: a rerank request scores a query with all its documents in one call, and queued requests merge
+# into one call up to --max-batch-pairs, so the server's calls are multi-pair calls whose pairs/s sets both a
+# request's time and the load it bears; batch-1 latency describes clients that send one pair per request.
+SERVE_WORKLOAD = "throughput"
+SERVE_WORKLOAD_HELP = (
+    "what tuning optimizes, and which measurement a level and provider auto follow: throughput (pairs/s; default, "
+    "since a rerank request scores its documents together and queued requests merge into one call up to "
+    "--max-batch-pairs, so pairs/s sets both a request's time and the load the server bears) or latency (p50 of "
+    "one-pair calls: for clients that send one pair per request)"
+)
+log = logging.getLogger("crossonnx.serve")
 
 
 def _require_serve_extra() -> None:
@@ -26,6 +45,50 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _about(seconds: float) -> str:
+    return "about a minute" if round(seconds) == 60 else f"about {seconds:g} s"
+
+
+def tune_before_serving(args: argparse.Namespace) -> None:
+    """Measure the folder's variants (``crossonnx tune``) before the encoder loads, where its choice is open or
+    ``--tune`` asks, unless a measurement is stored (the encoder then logs which one it follows). A measurement that
+    fails is a warning and the static rules decide; with ``--tune`` it is an error."""
+    if args.tune is False:
+        return
+    from crossonnx.engines import default_threads
+    from crossonnx.levels import Machine
+    from crossonnx.manifest import load_manifest
+    from crossonnx.tune import load_tuned, open_choice, runnable_variants, tune
+
+    manifest = load_manifest(args.model_dir)
+    machine = Machine.probe()
+    why = open_choice(manifest, args.precision, args.provider, machine)
+    if why is None and not args.tune:
+        return  # the precision and provider are fixed, or one variant is all there is
+    threads = default_threads() if args.threads is None else args.threads
+    if load_tuned(manifest, threads) is not None:
+        return
+    count = len(runnable_variants(manifest, machine))
+    log.info("tuning for %s before serving, %s: %s, so the %d variants of this folder this machine runs are measured "
+             "(once per folder, machine and upgrade; --no-tune skips it: the static rules then decide)",
+             args.workload, _about(args.tune_seconds), why or "--tune", count)
+    try:
+        result = tune(args.model_dir, seconds=args.tune_seconds, threads=threads, log=log.info)
+    except Exception as exc:  # serving by the static rules beats not serving
+        if args.tune:
+            raise
+        log.warning("tuning failed (%s: %s); serving by the static rules", type(exc).__name__, exc)
+        return
+    log.info("tuned: %d variants measured in %.0f s, stored in %s", len(result.variants), result.seconds, result.path)
 
 
 def _is_loopback(host: str) -> bool:
@@ -58,20 +121,17 @@ def _run(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
     )
     token_budget: int | str | None = "auto" if args.token_budget is None else (args.token_budget or None)  # 0: none
-    if args.tune:
-        from crossonnx.tune import ensure_tuned
-
-        ensure_tuned(args.model_dir, threads=args.threads, log=logging.getLogger("crossonnx.serve").info)
+    tune_before_serving(args)
     encoder = CrossEncoder(
         args.model_dir, **runtime_kwargs(args), max_length=args.max_length, token_budget=token_budget
     )
     if limits.max_texts_per_request > limits.max_queue_pairs:
-        logging.getLogger("crossonnx.serve").warning(
+        log.warning(
             "--max-texts-per-request %d is over --max-queue-pairs %d: requests between the two are refused (413)",
             limits.max_texts_per_request, limits.max_queue_pairs,
         )
     if api_key is None and not _is_loopback(args.host):
-        logging.getLogger("crossonnx.serve").warning(
+        log.warning(
             "serving on %s without an API key: anyone who reaches the port can use it (set $%s or --api-key)",
             args.host, API_KEY_ENV,
         )
@@ -89,10 +149,17 @@ def register(sub: argparse._SubParsersAction) -> None:
              "crossonnx[serve])",
         description="An HTTP rerank service with dynamic batching across requests. Needs: " + SERVE_EXTRA_HINT,
     )
-    add_runtime_args(p)
-    p.add_argument("--tune", action="store_true",
-                   help="before serving, measure every variant of the folder on this machine (crossonnx tune, about "
-                        "a minute) unless a measurement for it is stored; levels and provider auto then follow it")
+    add_runtime_args(p, workload=SERVE_WORKLOAD, workload_help=SERVE_WORKLOAD_HELP)
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="before serving, measure every variant of the folder on this machine (crossonnx tune) unless "
+                        "a measurement for this folder, machine, thread count and library versions is stored; a level "
+                        "and provider auto then take the fastest for --workload. Default: tune when the choice is "
+                        "open (a level, or provider auto with more than one engine for the precision), not when "
+                        "--precision and --provider fix the variant; --tune: also then (for the measured token "
+                        "budget); --no-tune: never measure (a stored measurement is still followed; without one the "
+                        "static rules decide)")
+    p.add_argument("--tune-seconds", type=_positive_seconds, default=DEFAULT_SECONDS,
+                   help=f"about how long tuning measures, loading included (default {DEFAULT_SECONDS:g})")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--max-length", type=int, default=None, help="truncate pairs to N tokens (default: the model's)")
