@@ -33,11 +33,13 @@ INSTALL = install_command("openvino")
 # which still bounds activation memory (docs/design/token-budget.md).
 TOKEN_BUDGET = 8192
 # The CPU plugin keeps the kernels it prepared for each input shape (rows x padded length) in a cache of up to
-# 5000 entries by default, and a service sees thousands of distinct shapes: its memory then grows for hours. A few
-# hundred entries hold every shape a steady workload repeats, and preparing a shape again costs little against
-# running it (docs/design/bounded-engine-memory.md).
-# None leaves OpenVINO's default (the soak benchmark's unbounded arm).
-RUNTIME_CACHE_CAPACITY: int | None = 128
+# 5000 entries by default, and a service sees thousands of distinct shapes: its memory then grows for hours. With
+# calls padded to WIDTH_MULTIPLE, predict's batches take at most 32 rows (its default batch_size) x 16 widths (512
+# tokens) = 512 shapes, and this capacity holds them all: nothing is evicted and prepared again. A smaller cache
+# than the traffic's shapes churns, and churn itself leaves memory behind (the soak measured a capacity of 128 on
+# 1-16 rows settling higher than 256 or 512 did), so the capacity covers the shapes instead of trimming them
+# (docs/design/bounded-engine-memory.md). None leaves OpenVINO's default (the soak benchmark's unbounded arm).
+RUNTIME_CACHE_CAPACITY: int | None = 512
 # Calls are padded to a multiple of this many tokens, so a service's traffic maps onto a few shapes per row count
 # (16 per row count at 512 tokens) instead of one per length: the kernel cache then holds what the traffic repeats,
 # and memory stays flat instead of churning up to the capacity. Padded positions are masked, so scores are
