@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from crossonnx.bench.machine import LIBRARIES, describe_cpu
+from crossonnx.bench.machine import LIBRARIES, describe_cpu, process_memory_mb
 from crossonnx.bench.workloads import rank_pairs
 from crossonnx.encoder import CrossEncoder
 from crossonnx.versions import library_versions
@@ -105,13 +105,7 @@ def free_port() -> int:
 
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-        for line in handle:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(line.split()[1])
-    return out
+    return {field: round((process_memory_mb(field, pid) or 0.0) * 1024) for field in ("VmRSS", "VmHWM")}
 
 
 class ServerProcess:

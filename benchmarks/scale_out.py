@@ -50,11 +50,9 @@ import json, sys, time
 started = time.perf_counter()
 
 def vmhwm_mb():
-    with open("/proc/self/status", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from crossonnx.bench.machine import process_memory_mb
+    peak = process_memory_mb("VmHWM")
+    return float("nan") if peak is None else peak
 
 mode, args = sys.argv[1], json.loads(sys.argv[2])
 out = {}

@@ -188,14 +188,9 @@ def free_port() -> int:
 
 def rss_mb(pid: int) -> float | None:
     """VmRSS of ``pid`` in MB (None once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    from crossonnx.bench.machine import process_memory_mb
+
+    return process_memory_mb("VmRSS", pid)
 
 
 class Server:

@@ -17,20 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from crossonnx.bench.machine import process_memory_mb
+
 STEP = re.compile(r"^\[(\d+)/(\d+)\s+([\d.]+)s\] (.*)$")
 SAMPLE_S = 0.2
-
-
-def _status(pid: int, field: str) -> float | None:
-    """A /proc/PID/status field in MiB (VmRSS, VmHWM), or None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
 
 
 def profile_export(checkpoint: Path, out: Path, args: list[str], echo: bool = True) -> dict:
@@ -45,7 +35,7 @@ def profile_export(checkpoint: Path, out: Path, args: list[str], echo: bool = Tr
 
     def sample() -> None:
         while child.poll() is None:
-            rss, hwm = _status(child.pid, "VmRSS"), _status(child.pid, "VmHWM")
+            rss, hwm = process_memory_mb("VmRSS", child.pid), process_memory_mb("VmHWM", child.pid)
             with lock:
                 if rss is not None:
                     steps[-1]["peak_rss_mb"] = max(steps[-1]["peak_rss_mb"], rss)

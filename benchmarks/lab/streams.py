@@ -9,7 +9,6 @@ stream: docs/design/openvino-streams.md).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -64,9 +63,8 @@ def median_ms(run: Callable[[], object], reps: int) -> float:
 
 
 def resident_mb() -> float:
-    """This process's resident memory now, in MiB (Linux ``/proc/self/statm``; NaN elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident memory now, in MiB (Linux ``/proc/self/status``; NaN elsewhere)."""
+    from crossonnx.bench.machine import process_memory_mb
+
+    rss = process_memory_mb("VmRSS")
+    return float("nan") if rss is None else rss

@@ -101,3 +101,17 @@ def describe_cpu(info: dict[str, object]) -> str:
         text += (f"; OpenVINO {ov['version']} CPU capabilities {' '.join(ov['capabilities'])}, runs "
                  f"{ov['default_inference_precision']} unless told otherwise")
     return text
+
+
+def process_memory_mb(field: str = "VmRSS", pid: int | str = "self") -> float | None:
+    """A memory field of /proc/PID/status in MiB: ``VmRSS`` (resident now) or ``VmHWM`` (peak resident; unlike
+    ru_maxrss it does not count a parent's peak from before exec). None where it cannot be read (the process is
+    gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

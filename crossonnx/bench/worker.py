@@ -240,15 +240,11 @@ def build_engine(engine: str, args: argparse.Namespace) -> Built:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss would include the parent's peak from before exec)."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM; ru_maxrss, which may include the parent's peak, without /proc)."""
+    from crossonnx.bench.machine import process_memory_mb
+
+    peak = process_memory_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def percentile(values: list[float], q: float) -> float:
