@@ -115,7 +115,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "crossonnx.cli", "serve", model_dir, "--port", str(self.port),
-                   "--precision", precision, "--log-level", "warning", *extra]
+                   "--precision", precision, "--log-level", "warning", "--no-tune", *extra]
         if threads:
             command += ["--threads", str(threads)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -318,7 +318,7 @@ def test_resolve_api_key_from_flag_or_environment():
 
 
 def test_cli_takes_the_key_from_the_environment_and_never_logs_it(tiny_exports: dict[str, Path]):
-    args = [str(tiny_exports["bert"]), "--threads", "1", "--log-level", "debug"]
+    args = [str(tiny_exports["bert"]), "--threads", "1", "--log-level", "debug", "--no-tune"]
     with cli_server(args, env={API_KEY_ENV: KEY}) as (url, process):
         body = {"query": "q", "texts": ["a"]}
         assert httpx.post(url + "/rerank", json=body, timeout=WAIT_S).status_code == 401

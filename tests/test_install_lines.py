@@ -121,8 +121,8 @@ def _free_port() -> int:
 
 def _serve_and_rerank(view: Path, model: Path) -> list[dict]:
     port = _free_port()
-    process = subprocess.Popen([*cli_command(view, "serve", str(model), "--port", str(port), "--threads", "1")],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = cli_command(view, "serve", str(model), "--port", str(port), "--threads", "1", "--no-tune")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
