@@ -12,12 +12,13 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import numpy as np
 
-from crossonnx import _pipeline
+from crossonnx import _pipeline, first_use
 from crossonnx._inputs import check_documents, check_text, normalize_pairs, unicode_problem
 from crossonnx._pipeline import RunStats
 from crossonnx.batching import plan_batches
 from crossonnx.engines import default_threads, open_engine, resolve_provider
 from crossonnx.engines.onnxruntime import DEFAULT_MAX_BATCH, OPT_BATCH, OPT_LENGTH
+from crossonnx.errors import ProviderUnavailableError
 from crossonnx.levels import LEVELS, LevelChoice, Machine, resolve_level
 from crossonnx.long_documents import LongDocuments, PairDetails, moved_arguments_error
 from crossonnx.manifest import load_manifest
@@ -83,7 +84,10 @@ class CrossEncoder:
             max abs <= 0.01) or ``fast`` (Spearman >= 0.999), which picks the variant that meets it here from what
             the folder holds and what the export measured (``info()["level"]`` says which and why); or a concrete
             precision: ``fp32``, ``fp16``, ``int8`` (ONNX Runtime), ``bf16``, ``int8-static`` or ``int8-dynamic``
-            (OpenVINO), which must have been exported and validated into the folder.
+            (OpenVINO), which must have been exported and validated into the folder. A precision the export wrote
+            pending validation (bf16 exported on a CPU without bf16) is validated on its first load on a machine
+            that runs it, against the folder's stored PyTorch scores and its export gate; the verdict is kept in
+            the crossonnx cache, a failed one refuses to load (crossonnx/first_use.py, ``info()["validated_here"]``).
         provider: ``auto``, ``cpu`` (ONNX Runtime), ``openvino``, ``cuda`` or ``tensorrt``. ``auto``: TensorRT >
             CUDA > ONNX Runtime CPU, and OpenVINO for its own precisions; ``provider_reason`` says why.
         max_length: truncate pairs to this many tokens (default: the model's own limit).
@@ -122,7 +126,8 @@ class CrossEncoder:
         if precision in LEVELS:
             speeds = self.tuned.speeds(tuned_for) if self.tuned is not None else None
             self.level = resolve_level(self.manifest, precision, provider, _machine(), speeds=speeds,
-                                       speed_unit=SPEED_UNITS[tuned_for])
+                                       speed_unit=SPEED_UNITS[tuned_for],
+                                       check_pending=first_use.checker(self.model_dir, self.threads))
             precision, provider = self.level.precision, self.level.provider
             logger.info("crossonnx: %s", self.level.reason)
         self.precision = precision
@@ -151,6 +156,14 @@ class CrossEncoder:
             self.provider, self.provider_reason = choice.provider, choice.reason
         if provider == "auto":
             logger.info("crossonnx: provider 'auto' picked %s (%s)", self.provider, self.provider_reason)
+        entry = self.manifest.precisions.get(precision)
+        pending = entry.pending if entry is not None else None
+        cannot = _machine().runs(self.provider, precision) if pending is not None else None
+        if pending is not None and cannot is not None:
+            raise ProviderUnavailableError(
+                f"precision {precision!r} cannot run here ({cannot}), and {first_use.awaiting(precision, pending)}. "
+                f"{first_use.instead(self.manifest, precision)}"
+            )
         self._engine = open_engine(
             self.model_dir, self.manifest, precision, self.provider,
             threads=self.threads, max_batch=self.max_batch, max_length=self.max_length, device_id=device_id,
@@ -165,6 +178,29 @@ class CrossEncoder:
         )
         self.num_labels = int(self.manifest.num_labels)
         self.activation_fn: ScoreFn = ACTIVATION_FNS[self.manifest.activation]
+        # the first-use verdict of a precision the export left pending validation (None: validated at export)
+        self.validated_here: first_use.Verdict | None = None
+        if pending is not None:
+            self.validated_here = self._validate_first_use()
+
+    def _validate_first_use(self) -> first_use.Verdict:
+        """Validate a precision the export left pending with this engine, at the folder's own max length as the
+        export would have, unless a verdict is stored; refuse it if it missed its gate."""
+        own = self._tokenizer
+        if self.max_length != self.manifest.max_length:
+            self._tokenizer = PairTokenizer(
+                self.model_dir / self.manifest.tokenizer.file, self.manifest.tokenizer, self.manifest.max_length,
+                self._engine.input_names,
+            )
+        try:
+            verdict = first_use.ensure_validated(self, self.model_dir, self.manifest, self.precision, self.provider)
+        finally:
+            self._tokenizer = own
+        if not verdict.passed:
+            raise first_use.refusal(verdict, self.manifest)
+        logger.info("crossonnx: %s on %s validated on this machine at first use: %s (%s)", self.precision,
+                    self.provider, verdict.parity.summary(), verdict.path)
+        return verdict
 
     def info(self) -> dict[str, Any]:
         """What this encoder runs: model, precision, engine and provider (and why), threads, limits."""
@@ -173,6 +209,7 @@ class CrossEncoder:
             "source": self.manifest.source,
             "precision": self.precision,
             "level": self.level.to_dict() if self.level is not None else None,
+            "validated_here": self.validated_here.describe() if self.validated_here is not None else None,
             "tuned": None if self.tuned is None else {
                 "workload": self.workload, "file": str(self.tuned.path), "measured": self.tuned.measured},
             "provider": self.provider,

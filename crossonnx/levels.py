@@ -8,6 +8,15 @@ providers). A level the folder cannot meet here falls back to the next more accu
 exact), and the choice's ``reason`` says so; never to a less accurate one. docs/precisions.md ("How levels are
 decided") explains the measure.
 
+A variant the export wrote pending validation (bf16 exported on a CPU without bf16: crossonnx/first_use.py) has no
+record to judge. It qualifies only on its verdict measured on this machine, judged against the level's thresholds
+exactly as a recorded one: ``check_pending`` gives that verdict (the encoder passes ``first_use.checker``, which reads
+the stored one or runs the check once, one compile and the reference pairs, and stores it). With no passing verdict
+it does not qualify, and the level falls back as it would for any other variant, the reason saying it awaits
+validation. So a pending variant never makes a level less accurate than promised; and checking it at resolution,
+rather than always falling back until someone loads it by name, lets ``faithful`` reach bf16 on a fresh bf16 CPU.
+Only a variant the resolution would otherwise pick is checked (the rejections are computed lazily).
+
 Without measured speeds the choice follows a static preference per level (``basis`` "static rule"); ``speeds``
 (variant key ``"provider/precision"`` -> a speed, higher is faster, as ``crossonnx tune`` measures them:
 crossonnx/tune.py) picks the fastest qualifying variant instead (``basis`` "tuned"). Nothing heavy at import:
@@ -17,7 +26,7 @@ onnxruntime and openvino are imported only by ``Machine.probe()``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from crossonnx import cpu
@@ -141,12 +150,23 @@ def agreement(parity: Parity) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def shortfall(manifest: Manifest, precision: str, level: str) -> str | None:
-    """None when the recorded parity of ``precision`` meets ``level``'s thresholds; else what it misses."""
+# A pending variant's verdict on this machine, as a parity record: None where it cannot be had here
+PendingCheck = Callable[[str, str], Parity | None]  # (provider, precision) -> verdict
+
+
+def shortfall(manifest: Manifest, precision: str, level: str, measured_here: Parity | None = None) -> str | None:
+    """None when the recorded parity of ``precision`` meets ``level``'s thresholds; else what it misses. For an
+    entry pending validation, ``measured_here`` is its first-use verdict on this machine (None: not validated)."""
     entry = manifest.precisions.get(precision)
     if entry is None:
         return "not in the folder"
     parity = entry.parity
+    if entry.pending is not None:
+        if measured_here is None:
+            return f"awaits validation on this machine ({entry.pending['why']})"
+        if not measured_here.passed or not measured_here.finite:
+            return "failed its first-use validation here: " + "; ".join(measured_here.failures)
+        parity = measured_here
     if parity is None:
         return "no recorded parity"
     if not parity.passed or not parity.finite:
@@ -164,16 +184,19 @@ def shortfall(manifest: Manifest, precision: str, level: str) -> str | None:
     return None
 
 
-def _why_not(manifest: Manifest, provider: str, precision: str, level: str, machine: Machine) -> str | None:
-    """None when the variant qualifies for ``level`` and runs here; else why not."""
+def _why_not(manifest: Manifest, provider: str, precision: str, level: str, machine: Machine,
+             verdict: Callable[[str, str], Parity | None]) -> str | None:
+    """None when the variant qualifies for ``level`` and runs here; else why not. ``verdict`` gives a pending
+    variant's first-use verdict here, asked only once the variant runs here."""
     if precision not in manifest.precisions:
         return "not in the folder"
     cannot = machine.runs(provider, precision)
+    pending = manifest.precisions[precision].pending
     if cannot is not None:
-        return cannot
+        return cannot + (f"; it awaits validation on {pending['where']}" if pending is not None else "")
     if provider == TENSORRT and UNFUSED_GRAPH not in manifest.precisions:
         return f"no {UNFUSED_GRAPH} graph (export --tensorrt)"
-    return shortfall(manifest, precision, level)
+    return shortfall(manifest, precision, level, verdict(provider, precision) if pending is not None else None)
 
 
 def resolve_level(
@@ -183,6 +206,7 @@ def resolve_level(
     machine: Machine | None = None,
     speeds: Mapping[str, float] | None = None,
     speed_unit: str = "pairs/s",
+    check_pending: PendingCheck | None = None,
 ) -> LevelChoice:
     """A level -> the (provider, precision) that meets it, or a more accurate level, here; or a clear error.
 
@@ -190,6 +214,8 @@ def resolve_level(
     ``Machine.probe()``. ``speeds`` (``variant_key`` -> pairs/s) chooses the fastest measured variant that meets the
     level, from its own variants and those of the more accurate levels; without it (or where it measured none of
     them) each level's static preference order decides. ``speed_unit`` names what a speed counts, for the reason.
+    ``check_pending`` gives the first-use verdict here of a variant pending validation (see the module's docstring);
+    without it such a variant never qualifies.
     """
     if level not in LEVEL_TABLE:
         raise ValueError(f"unknown level {level!r}; use one of: {', '.join(LEVELS)}")
@@ -200,15 +226,27 @@ def resolve_level(
     speeds = speeds or {}
     asked = LEVELS.index(level)
     notes: list[str] = []
+    verdicts: dict[tuple[str, str], Parity | None] = {}  # each pending variant checked once, when first needed
+
+    def verdict(provider_: str, precision_: str) -> Parity | None:
+        if (provider_, precision_) not in verdicts:
+            verdicts[provider_, precision_] = check_pending(provider_, precision_) if check_pending else None
+        return verdicts[provider_, precision_]
+
     for index in range(asked, -1, -1):  # the level asked for, then each more accurate one
         current = LEVELS[index]
         pool = [v for lvl in LEVELS[: index + 1][::-1] for v in LEVEL_TABLE[lvl].variants]
         if wanted is not None:
             pool = [v for v in pool if v[0] == wanted]
         own = [v for v in pool if v in LEVEL_TABLE[current].variants]
-        rejected = {v: _why_not(manifest, *v, current, machine) for v in pool}
-        qualified = [v for v in pool if rejected[v] is None]
-        measured = [v for v in qualified if variant_key(*v) in speeds]
+        rejections: dict[tuple[str, str], str | None] = {}
+
+        def rejected(v: tuple[str, str], current: str = current, rejections: dict = rejections) -> str | None:
+            if v not in rejections:  # lazily: a pending variant is checked only where it could be chosen
+                rejections[v] = _why_not(manifest, *v, current, machine, verdict)
+            return rejections[v]
+
+        measured = [v for v in pool if variant_key(*v) in speeds and rejected(v) is None]
         if measured:
             best = max(measured, key=lambda v: speeds[variant_key(*v)])
             how = f"the fastest measured variant that meets it ({speeds[variant_key(*best)]:.4g} {speed_unit})"
@@ -216,10 +254,10 @@ def resolve_level(
                 owner = next(lvl for lvl in LEVELS if best in LEVEL_TABLE[lvl].variants)
                 how += f", an {owner} variant" if owner[0] in "aeiou" else f", a {owner} variant"
         else:
-            best = next((v for v in own if rejected[v] is None), None)
+            best = next((v for v in own if rejected(v) is None), None)
             how = f"the first qualifying variant in {current}'s order of preference"
         if best is None:
-            tried = "; ".join(f"{p} on {_engine(pr)}: {rejected[(pr, p)]}" for pr, p in own) or "no variant"
+            tried = "; ".join(f"{p} on {_engine(pr)}: {rejected((pr, p))}" for pr, p in own) or "no variant"
             if wanted is not None and not own:
                 tried = f"no {current} variant runs on {wanted}"
             notes.append(f"{current} cannot be met here ({tried})")
@@ -228,7 +266,7 @@ def resolve_level(
         reason = f"{level}: {precision} on {_engine(provider_)}, {how}"
         if current != level:
             reason += f"; fell back to {current} because " + "; ".join(notes)
-        reason += f" ({_recorded(manifest, precision)})"
+        reason += f" ({_recorded(manifest, precision, verdicts.get(best))})"
         return LevelChoice(level, current, provider_, precision, reason, TUNED if measured else STATIC_RULE)
     exported = ", ".join(sorted(manifest.precisions)) or "none"
     raise PrecisionNotExportedError(
@@ -256,10 +294,12 @@ def _engine(provider: str) -> str:
     return {CPU: "ONNX Runtime CPU", CUDA: "ONNX Runtime CUDA", TENSORRT: "TensorRT", OPENVINO: "OpenVINO"}[provider]
 
 
-def _recorded(manifest: Manifest, precision: str) -> str:
-    parity = manifest.precisions[precision].parity
-    assert parity is not None  # a qualified precision has a record
+def _recorded(manifest: Manifest, precision: str, measured_here: Parity | None) -> str:
+    entry = manifest.precisions[precision]
+    parity = measured_here if entry.pending is not None else entry.parity
+    assert parity is not None  # a qualified precision has a record, or a verdict measured here
     rho = agreement(parity)
     which = "separated Spearman" if parity.spearman_separated is not None else "Spearman"
     rank = f", {which} {rho:.5f}" if rho is not None else ""
-    return f"recorded at export: max abs diff {parity.max_abs_diff:.2g}{rank}"
+    where = "validated on this machine at first use" if entry.pending is not None else "recorded at export"
+    return f"{where}: max abs diff {parity.max_abs_diff:.2g}{rank}"

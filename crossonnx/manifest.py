@@ -25,6 +25,11 @@ SCHEMA_VERSION = 3
 # Every precision an export can write, and what it is: the precision table's rows (crossonnx/precisions.py), which
 # also say what runs each. An export with --tensorrt adds UNFUSED_GRAPH, the graph TensorRT builds its engines from.
 PRECISIONS = {row.name: row.description for row in ROWS}
+# The details key of an entry the export wrote without validating it, because validation needs what the exporting
+# machine lacks (bf16 arithmetic): what it needs, why it was not validated, and the gate it must meet where it next
+# runs. The runtime validates it there on first use (crossonnx/first_use.py). Older crossonnx versions read it as an
+# entry without a parity record, which no level picks.
+PENDING = "pending_validation"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class PrecisionEntry:
     details: dict[str, Any] = field(default_factory=dict)
     # files the graph needs beside ``file`` (an OpenVINO IR's .bin): name -> {"sha256", "bytes"}
     extra_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """The pending-validation record (``PENDING``) of an entry the export could not validate, else None: an
+        entry with a parity record was validated at export."""
+        record = self.details.get(PENDING)
+        return record if self.parity is None and isinstance(record, dict) else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,9 +7,9 @@ so the runtime can apply the export's own rule without torch or the exporter.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +27,8 @@ MIN_LOGIT_SPREAD = 0.1
 # act on, which bf16's 8 significant bits may swap. ``separated_spearman`` forgives such swaps, and nothing else
 # (docs/precisions.md, "How levels are decided").
 NEAR_TIE = 0.005
+# Pairs per model call when validating (at export and on first use alike)
+VALIDATION_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,22 @@ class Parity:
         known["gate"] = Gate(**data["gate"]) if data.get("gate") else None
         known["failures"] = tuple(data.get("failures", ()))
         return cls(**known)
+
+
+class Scorer(Protocol):
+    """What validation needs of a ``CrossEncoder`` (this module imports no engine)."""
+
+    def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = ...) -> np.ndarray: ...
+
+    def scores_from_logits(self, logits: np.ndarray) -> np.ndarray: ...
+
+
+def score_parity(scorer: Scorer, pairs: Sequence[tuple[str, str]], reference_scores: np.ndarray,
+                 reference_logits: np.ndarray, gate: Gate) -> Parity:
+    """Score the validation pairs with ``scorer`` and measure them against PyTorch's: the one rule of the export's
+    validation (crossonnx/exporter/validate.py) and of the first-use validation (crossonnx/first_use.py)."""
+    logits = scorer.logits(pairs, batch_size=VALIDATION_BATCH)
+    return Parity.measure(scorer.scores_from_logits(logits), logits, reference_scores, reference_logits, gate)
 
 
 _KEY_ORDER = (

@@ -2,10 +2,10 @@
 
 A row says what the precision is (one line, for the CLI's help and the manifest), which providers run it, which file
 of the model folder holds its graph and which graph it is built from, the gate it must meet against PyTorch at
-export, the hardware it is meant for, the inference precision OpenVINO runs it with, what building it needs beyond
-the export extra, and whether an export builds it by default. The rest of crossonnx derives from the table: the
-manifest's list (``manifest.PRECISIONS``), which engine runs what and what ``auto`` picks (crossonnx/engines), the
-export's stages and gates (crossonnx/exporter), and the benchmark worker's engine names.
+export, the hardware it is meant for, the inference precision OpenVINO runs it with, what building or validating it
+needs beyond the export extra, and whether an export builds it by default. The rest of crossonnx derives from the
+table: the manifest's list (``manifest.PRECISIONS``), which engine runs what and what ``auto`` picks
+(crossonnx/engines), the export's stages and gates (crossonnx/exporter), and the benchmark worker's engine names.
 
 A new precision is one row here plus its builder (``BUILDERS`` in crossonnx/exporter/pipeline.py). A new provider of
 an existing engine is a name in the rows that it runs; a new engine also maps its providers in crossonnx/engines.
@@ -26,15 +26,19 @@ CPU, CUDA, TENSORRT, OPENVINO = "cpu", "cuda", "tensorrt", "openvino"
 # OpenVINO's names for the inference precisions a row's hint can ask for (``INFERENCE_PRECISION_HINT``)
 OPENVINO_F32, OPENVINO_BF16 = "f32", "bf16"
 
-# What building a precision can need beyond the export extra: a Python module, or bf16 arithmetic on the exporting
-# CPU (the export validates the precision there)
-NEEDS_OPENVINO, NEEDS_NNCF, NEEDS_CPU_BF16 = "openvino", "nncf", "cpu-bf16"
-
 # The hardware a precision is meant for
 ANY_HARDWARE = "CPUs and GPUs"
 CPUS = "CPUs"
 GPUS = "GPUs (it runs on a CPU too)"
 BF16_CPUS = "CPUs with bf16 arithmetic (AVX-512 BF16 or AMX)"
+
+# What a precision can need beyond the export extra: a Python module to build it, or bf16 arithmetic to validate it
+NEEDS_OPENVINO, NEEDS_NNCF, NEEDS_CPU_BF16 = "openvino", "nncf", "cpu-bf16"
+# The needs only validation has, and where they are met: an export on a machine without one still writes the
+# precision, pending validation, which the runtime carries out on its first use where the need is met
+# (crossonnx/first_use.py); a build need unmet leaves the precision out
+VALIDATION_NEEDS: Mapping[str, str] = MappingProxyType({NEEDS_CPU_BF16: "a CPU with bf16 arithmetic (AVX-512 BF16 "
+                                                                        "or AMX)"})
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,9 @@ class Precision:
     built_from: str | None = None  # the precision whose graph its builder starts from; None: the traced plain graph
     openvino_hint: str | None = None  # OpenVINO's inference precision for it, unless its manifest entry names its own
     tensorrt_fp16: bool = False  # TensorRT builds its engine with fp16 enabled (rows that TENSORRT runs)
-    needs: tuple[str, ...] = ()  # what building it needs beyond the export extra, checked in this order
+    needs: tuple[str, ...] = ()  # what building (or validating: VALIDATION_NEEDS) it needs, checked in this order
     hardware: str = ANY_HARDWARE
-    default: bool = True  # an export without --precision builds it, where its ``needs`` are met
+    default: bool = True  # an export without --precision builds it, where its build ``needs`` are met
 
     def __post_init__(self) -> None:
         if (OPENVINO in self.providers) != (self.openvino_hint is not None):

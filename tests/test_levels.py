@@ -185,7 +185,10 @@ def test_parity_records_the_separated_spearman_and_old_records_load_without_it()
 
 
 def test_the_export_records_it_for_every_precision(base):
+    """Every precision validated at export (not one pending validation where it next runs: tests/test_first_use.py)."""
     for name, entry in base.precisions.items():
+        if entry.pending is not None:
+            continue
         assert entry.parity is not None and entry.parity.spearman_separated is not None, name
         assert "spearman_separated" in entry.to_dict()["parity"]
 
@@ -194,7 +197,7 @@ def test_an_old_folder_without_the_field_loads_and_resolves_on_plain_spearman(ba
     copy = tmp_path / "old"
     shutil.copytree(tiny_exports["bert"], copy)
     data = json.loads((copy / MANIFEST_NAME).read_text(encoding="utf-8"))
-    for entry in data["precisions"].values():
+    for entry in (entry for entry in data["precisions"].values() if entry["parity"]):  # not one pending validation
         entry["parity"].pop("spearman_separated")
         entry["parity"].update({"spearman_gated": True, "passed": True, "max_abs_diff": 1e-3, "spearman": 0.99986})
     data["precisions"]["bf16"] = {**copy_of(data["precisions"]["fp32"]), "details": {"inference_precision": "bf16"}}

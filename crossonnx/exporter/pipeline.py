@@ -39,7 +39,9 @@ from crossonnx.exporter.reference import REFERENCE_NAME, Reference, reference_sc
 from crossonnx.exporter.source import ResolvedSource, resolve_source
 from crossonnx.exporter.validate import default_gates, left_out, parse_gate_overrides, validate_precision
 from crossonnx.exporter.validation_pairs import calibration_pairs, validation_pairs
+from crossonnx.first_use import awaiting, pending_record
 from crossonnx.manifest import (
+    PENDING,
     UNFUSED_GRAPH,
     LeftOut,
     Manifest,
@@ -57,6 +59,7 @@ from crossonnx.precisions import (
     NEEDS_NNCF,
     NEEDS_OPENVINO,
     ROWS,
+    VALIDATION_NEEDS,
     Precision,
 )
 from crossonnx.tokenization import PairTokenizer
@@ -198,10 +201,12 @@ def export_model(
     """Export ``source`` to ``out`` and validate every precision against sentence-transformers.
 
     ``precisions`` defaults to every default precision of the table (crossonnx/precisions.py) this environment can
-    build and validate (``default_precisions``: OpenVINO's need OpenVINO, its int8s NNCF, and bf16 a CPU with bf16
-    too); of those the folder keeps the ones that pass their gates, and its manifest's ``left_out`` names the rest
-    with what they missed and the ``--gate`` that admits them. fp32 (and, with ``tensorrt``, the unfused graph) must
-    pass, as must every precision named in ``precisions``: otherwise nothing is written at ``out``.
+    build (``default_precisions``: OpenVINO's need OpenVINO, its int8s NNCF); of those the folder keeps the ones
+    that pass their gates, and its manifest's ``left_out`` names the rest with what they missed and the ``--gate``
+    that admits them. A precision whose validation needs what this machine lacks (bf16 on a CPU without bf16:
+    ``validation_deferred``) is written pending validation, with the gate it must meet where it next runs
+    (crossonnx/first_use.py). fp32 (and, with ``tensorrt``, the unfused graph) must pass, as must every precision
+    named in ``precisions`` that can be validated here: otherwise nothing is written at ``out``.
     ``gate_overrides`` take the CLI's form, e.g. ``["int8:max_abs=0.05,spearman=0.99"]``. ``tensorrt`` also keeps
     the graph before ONNX Runtime's CPU fusions (``UNFUSED_GRAPH``), which TensorRT builds its engines from.
     """
@@ -236,7 +241,9 @@ def export_model(
             LeftOut(p, (), None, not_built=why) for p, why in export.not_built.items()
         ) + (unbuildable_defaults() if precisions is None else ())
         validated = {
-            p: replace(entry, parity=parities[p]) for p, entry in manifest.precisions.items() if parities[p].passed
+            p: replace(entry, details={**entry.details, PENDING: export.pending[p]}) if p in export.pending
+            else replace(entry, parity=parities[p])
+            for p, entry in manifest.precisions.items() if p in export.pending or parities[p].passed
         }
         replace(manifest, precisions=validated, left_out=leave_out).write(tmp)
         steps(f"writing {out_dir}")
@@ -281,7 +288,8 @@ class ExportRequest:
             raise ExportError(f"--opset must be between 14 and 21, got {opset}")
         parse_gate_overrides(list(gate_overrides), default_gates("sigmoid"))  # reject a malformed gate up front
         built = tuple(wanted) + ((UNFUSED_GRAPH,) if tensorrt else ())
-        # a named precision must pass; without --precision, only the exact graphs
+        # a named precision must pass (one validated where it next runs cannot fail here); without --precision,
+        # only the exact graphs
         exact = (DEFAULT_PRECISION, UNFUSED_GRAPH)
         required = built if precisions is not None else tuple(p for p in built if p in exact)
         return cls(
@@ -319,6 +327,8 @@ class Export:
     tokenizer: TokenizerSpec | None = None
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # per built precision, for the manifest
     not_built: dict[str, str] = field(default_factory=dict)  # precision -> why its build was given up
+    # precision -> its pending-validation record (manifest.PENDING): built, but not validated here
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def built(self) -> tuple[str, ...]:
         """The precisions of the request whose files were built (in the table's order)."""
@@ -520,22 +530,33 @@ BUILDERS: dict[str, PrecisionBuilder] = {
 
 
 def build_problem(precision: str) -> str | None:
-    """Why this environment cannot build and validate ``precision`` (what its row ``needs``), or None when it can."""
+    """Why this environment cannot build ``precision`` (what its row ``needs`` to build it), or None when it can.
+    A validation need (``VALIDATION_NEEDS``) unmet does not stop the build: ``validation_deferred``."""
     for need in GRAPH_OF[precision].needs:
+        if need in VALIDATION_NEEDS:
+            continue
         if need == NEEDS_OPENVINO:
             if not openvino_installed():
                 return f"{precision} is built and validated with OpenVINO, which is not installed: {OPENVINO_INSTALL}"
         elif need == NEEDS_NNCF:
             if importlib.util.find_spec("nncf") is None:
                 return f"{precision} is quantized with NNCF, which is not installed: {install_command('export')}"
-        elif need == NEEDS_CPU_BF16:
+        else:
+            raise ValueError(f"{precision} needs {need!r}, which the exporter cannot check")
+    return None
+
+
+def validation_deferred(precision: str) -> tuple[str, str] | None:
+    """(need, why) when this machine can build ``precision`` but not validate it (a ``VALIDATION_NEEDS`` unmet):
+    the export then writes it pending validation where it next runs; None when it validates here."""
+    for need in GRAPH_OF[precision].needs:
+        if need == NEEDS_CPU_BF16:
             from crossonnx.engines.openvino import has_bf16
 
             if not has_bf16():
-                return (f"{precision} is validated on this CPU, which has no bf16 (AVX-512 BF16 or AMX): export on "
-                        "one that has")
-        else:
-            raise ValueError(f"{precision} needs {need!r}, which the exporter cannot check")
+                return need, "the exporting CPU has no bf16 arithmetic"
+        elif need in VALIDATION_NEEDS:
+            raise ValueError(f"{precision} needs {need!r} to validate, which the exporter cannot check")
     return None
 
 
@@ -689,6 +710,12 @@ def validate(export: Export) -> dict[str, Parity]:
     gates = parse_gate_overrides(list(export.request.gate_overrides), default_gates(reference.activation))
     parities = {}
     for precision in export.built():
+        deferred = validation_deferred(precision)
+        if deferred is not None:  # written unvalidated; its first use where it runs validates it
+            record = pending_record(*deferred, gates[precision])
+            export.pending[precision] = record
+            export.steps(f"{precision} written pending validation: {awaiting(precision, record)}")
+            continue
         export.steps(f"validating {precision} against PyTorch")
         parity = validate_precision(export.tmp, precision, reference, gates[precision])
         parities[precision] = parity
@@ -714,9 +741,9 @@ def _admitting_flag(precision: str, parity: Parity) -> str:
 
 def drop_failed(export: Export, parities: dict[str, Parity]) -> tuple[LeftOut, ...]:
     """Remove the files of the precisions that failed their gates (none of them required), except those a kept
-    precision reads too (bf16 runs fp32's graph); what each missed, for the manifest."""
-    failed = [p for p in export.built() if not parities[p].passed]
-    kept = {name for p in export.built() if parities[p].passed
+    precision reads too (bf16 runs fp32's graph); what each missed, for the manifest. Pending ones are kept."""
+    failed = [p for p in export.built() if p in parities and not parities[p].passed]
+    kept = {name for p in export.built() if p in export.pending or parities[p].passed
             for name in (STAGE_OF[p].file, *STAGE_OF[p].extra_files)}
     for precision in failed:
         stage = STAGE_OF[precision]

@@ -11,7 +11,7 @@ from crossonnx.engines import validation_provider
 from crossonnx.errors import ExportError, ValidationError
 from crossonnx.exporter.reference import Reference
 from crossonnx.manifest import LeftOut, Miss, load_manifest
-from crossonnx.parity import Gate, Parity
+from crossonnx.parity import Gate, Parity, score_parity
 from crossonnx.precisions import DEFAULT_PRECISION, GRAPHS
 from crossonnx.tokenization import PairTokenizer
 
@@ -117,5 +117,4 @@ def validate_precision(folder: Path, precision: str, reference: Reference, gate:
     encoder = CrossEncoder(folder, precision=precision, provider=validation_provider(precision))
     if precision == DEFAULT_PRECISION:  # the exact precision: tokens are checked once, with it
         check_tokens(folder, reference)
-    logits = encoder.logits(reference.pairs, batch_size=16)
-    return Parity.measure(encoder.scores_from_logits(logits), logits, reference.scores, reference.logits, gate)
+    return score_parity(encoder, reference.pairs, reference.scores, reference.logits, gate)
