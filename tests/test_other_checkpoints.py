@@ -100,7 +100,8 @@ def test_export_matches_sentence_transformers(kind, tmp_path, st_model_factory):
     pairs = parity_pairs()
     expected = st_model_factory(checkpoint, model_kwargs={"dtype": torch.float32}).predict(pairs)
     assert np.abs(CrossEncoder(folder).predict(pairs) - expected).max() <= 1e-5
-    assert all(entry.parity.passed for entry in manifest.precisions.values())
+    # bf16 exported on a CPU without bf16 is pending validation where it next runs (tests/test_first_use.py)
+    assert all(entry.parity.passed for entry in manifest.precisions.values() if entry.pending is None)
     if kind == "distilbert":
         assert manifest.inputs == ["input_ids", "attention_mask"]
     if kind == "st-saved-tanh":
