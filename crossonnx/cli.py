@@ -226,6 +226,7 @@ def _cmd_warmup(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from crossonnx import first_use
     from crossonnx.levels import Machine
     from crossonnx.manifest import load_manifest
     from crossonnx.tune import choices, table, tune
@@ -241,7 +242,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     for line in table(manifest, result, args.workload):
         print(line)
     print(f"choice for {args.workload} (* the fastest variant):")
-    for level, chosen in choices(manifest, result, args.workload, Machine.probe()).items():
+    check = first_use.checker(Path(args.model_dir), result.threads)  # a pending variant counts once validated here
+    for level, chosen in choices(manifest, result, args.workload, Machine.probe(), check).items():
         print(f"  {level:9s} {chosen}")
     print(f"stored: {result.path}")
     return 0

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from crossonnx import cpu
 from crossonnx.batching import plan_batches
 from crossonnx.errors import PrecisionNotExportedError
-from crossonnx.levels import LEVELS, Machine, agreement, resolve_level, shortfall, variant_key
+from crossonnx.levels import LEVELS, Machine, PendingCheck, agreement, resolve_level, shortfall, variant_key
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, load_manifest
 from crossonnx.paths import cache_root
 from crossonnx.precisions import PRECISIONS, TENSORRT
@@ -300,13 +300,21 @@ def _measure(
     say: Callable[[str], None],
 ) -> dict[tuple[str, str], _Tally]:
     """Load every variant into ``encoders`` (the caller frees them: ``_release``), then measure them in turns over
-    ``ROUNDS`` rounds until ``deadline``: each variant's tally."""
+    ``ROUNDS`` rounds until ``deadline``: each variant's tally. A variant that fails its first-use validation here
+    (a precision the export could not validate: crossonnx/first_use.py) is left out, not measured."""
+    from crossonnx.errors import ValidationError
+
     tallies: dict[tuple[str, str], _Tally] = {}
     encoder: _Scorer | None = None
     try:
-        for provider, precision in variants:
+        for provider, precision in list(variants):
             say(f"loading {variant_key(provider, precision)}")
-            encoder = encoders[provider, precision] = load(provider, precision)
+            try:
+                encoder = encoders[provider, precision] = load(provider, precision)
+            except ValidationError as exc:
+                say(f"{variant_key(provider, precision)} left out: {str(exc).split('. ')[0]}")
+                variants = [v for v in variants if v != (provider, precision)]
+                continue
             encoder.predict(pairs[:WARM_UP], batch_size=ROWS)  # thread pools, first shapes
             encoder.predict([pairs[0]], batch_size=1)
             own = int(encoder.token_budget or DEFAULT_BUDGET)
@@ -429,13 +437,15 @@ def open_choice(manifest: Manifest, precision: str, provider: str, machine: Mach
 # --- what it prints ------------------------------------------------------------------------------------------------
 
 
-def choices(manifest: Manifest, result: TuneResult, workload: str, machine: Machine) -> dict[str, str]:
-    """level -> the variant it resolves to with ``result``'s speeds for ``workload`` ("not met here" when none)."""
+def choices(manifest: Manifest, result: TuneResult, workload: str, machine: Machine,
+            check_pending: PendingCheck | None = None) -> dict[str, str]:
+    """level -> the variant it resolves to with ``result``'s speeds for ``workload`` ("not met here" when none);
+    ``check_pending`` as in ``resolve_level`` (variants awaiting their first-use validation here)."""
     out = {}
     for level in LEVELS:
         try:
             choice = resolve_level(manifest, level, machine=machine, speeds=result.speeds(workload),
-                                   speed_unit=SPEED_UNITS[workload])
+                                   speed_unit=SPEED_UNITS[workload], check_pending=check_pending)
         except PrecisionNotExportedError:
             out[level] = "not met here"
             continue

@@ -51,7 +51,8 @@ def _rows(name: str, folder: Path, profile: dict | None) -> list[dict]:
     """One row per precision the export built: those in the folder, then those it left out (FAIL, no file)."""
     manifest = load_manifest(folder)
     built = [(precision, entry.parity, (entry.bytes + sum(r["bytes"] for r in entry.extra_files.values())) / 2**20)
-             for precision, entry in manifest.precisions.items()]  # an OpenVINO IR's weights are its extra file
+             for precision, entry in manifest.precisions.items()  # an OpenVINO IR's weights are its extra file
+             if entry.pending is None]
     built += [(left.precision, left.parity, None) for left in manifest.left_out if left.not_built is None]
     costs = step_costs(profile) if profile else {}
     arch = manifest.architecture
@@ -59,6 +60,11 @@ def _rows(name: str, folder: Path, profile: dict | None) -> list[dict]:
         {"model": name, "precision": left.precision, "arch": arch["model_type"], "layers": arch["num_hidden_layers"],
          "hidden": arch["hidden_size"], "mb": None, "not_built": left.not_built}
         for left in manifest.left_out if left.not_built is not None
+    ] + [  # written without validation (bf16 on a CPU without bf16): validated where it next runs
+        {"model": name, "precision": precision, "arch": arch["model_type"], "layers": arch["num_hidden_layers"],
+         "hidden": arch["hidden_size"], "mb": None, "pending": entry.pending.get("why", "pending validation"),
+         **costs.get(precision, {})}
+        for precision, entry in manifest.precisions.items() if entry.pending is not None
     ]
     return not_built + [
         {
@@ -201,6 +207,10 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
             continue
         if r.get("not_built"):
             lines.append(f"| {r['model']} | {r['precision']} | – | not built here: {r['not_built']} | | | | | | |")
+            continue
+        if r.get("pending"):
+            lines.append(f"| {r['model']} | {r['precision']} | – | written, not validated here: {r['pending']} "
+                         f"| | | | | | {_num(r.get('validate_s'), '.0f')} |")
             continue
         lines.append(
             f"| {r['model']} | {r['precision']} | {_num(r['mb'], '.1f')} "

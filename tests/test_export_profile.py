@@ -38,3 +38,21 @@ def test_an_export_is_profiled_step_by_step_and_tabled(tmp_path: Path, tiny_chec
     text = table.read_text(encoding="utf-8")
     assert "| tiny-bert | bert |" in text and f"| {profile['peak_rss_mb']} |" in text
     assert table.with_suffix(".json").is_file()
+
+
+def test_a_precision_written_pending_validation_is_tabled_as_such(tmp_path: Path, tiny_exports) -> None:
+    """bf16 exported on a CPU without bf16 is in the folder without a parity record: its row says it awaits
+    validation instead of showing figures it does not have."""
+    from crossonnx.manifest import load_manifest
+    from installed import expected_pending
+
+    folder = tiny_exports["bert"]
+    pending = {name for name, entry in load_manifest(folder).precisions.items() if entry.pending is not None}
+    assert pending == expected_pending()
+    rows = _rows("tiny-bert", folder, None)
+    assert {row["precision"] for row in rows if row.get("pending")} == pending
+    table = tmp_path / "PARITY.md"
+    write_table(rows, table, {"crossonnx": "test"})
+    text = table.read_text(encoding="utf-8")
+    for precision in pending:
+        assert f"| tiny-bert | {precision} | – | written, not validated here: " in text

@@ -204,6 +204,21 @@ def test_a_first_use_that_misses_its_gate_is_refused_every_time(tiny_exports, tm
     assert CrossEncoder(folder, precision="fp32").predict(("a", "b")) is not None
 
 
+def test_tune_leaves_out_a_variant_that_fails_its_first_use_and_measures_the_rest(tiny_exports, tmp_path, cache):
+    """A pending variant that misses its gate here is not measured (nor chosen), and the tune still completes."""
+    from crossonnx.tune import choices, tune
+
+    folder = mark_pending(tiny_exports["bert"], tmp_path / "perturbed", "int8")
+    perturb_reference(folder, by=4 * load_manifest(folder).precisions["int8"].pending["gate"]["max_abs_diff"])
+    said: list[str] = []
+    result = tune(folder, seconds=1, threads=1, log=said.append)
+    measured = {(v.provider, v.precision) for v in result.variants}
+    assert ("cpu", "fp32") in measured and ("cpu", "int8") not in measured
+    assert any(line.startswith("cpu/int8 left out: precision 'int8' failed its first-use validation") for line in said)
+    picked = choices(load_manifest(folder), result, "throughput", Machine.probe(), checker(folder, 1))
+    assert not any("int8" in chosen and "int8-" not in chosen for chosen in picked.values())
+
+
 def test_first_use_imports_no_torch(tiny_exports, tmp_path):
     """The first-use validation is runtime code: it runs where torch and transformers cannot be imported."""
     from test_torch_free import BLOCK_HEAVY_IMPORTS, _run
