@@ -105,3 +105,35 @@ def test_a_fused_export_is_a_valid_onnx_file(tiny_exports) -> None:
         model = onnx.load(str(tiny_exports["bert"] / f"model_{precision}.onnx"))
         assert ("com.microsoft" in {node.domain for node in model.graph.node}) == (precision != "int8")
         onnx.checker.check_model(model)
+
+
+def test_fp16_converted_without_its_weights_loaded_equals_onnxruntimes_conversion(tmp_path: Path, tiny_exports) -> None:
+    """to_mixed_fp16 on a graph whose weights are kept apart (the exporter's large-model path) converts the
+    structure alone and halves each weight as it writes it: the same graph and weights, bit for bit, as ONNX
+    Runtime's conversion of the loaded graph, which holds the model several times over."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from crossonnx.exporter.graph_files import save_weights_apart
+    from crossonnx.exporter.optimize import FP32_OPS, head_node_names, to_mixed_fp16
+
+    fused = onnx.load(str(tiny_exports["bert"] / "model_fp32.onnx"))
+    loaded = OnnxModel(onnx.load(str(tiny_exports["bert"] / "model_fp32.onnx")))
+    loaded.convert_float_to_float16(keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+                                    node_block_list=head_node_names(loaded.model))
+    loaded.topological_sort()
+    apart = tmp_path / "apart.onnx"
+    save_weights_apart(fused, apart)
+    out = tmp_path / "fp16.onnx"
+    to_mixed_fp16(apart, out)
+
+    ours, theirs = onnx.load(str(out)), loaded.model
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ours.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in theirs.graph.node]
+    want = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    assert got.keys() == want.keys() and any(value.dtype == np.float16 for value in got.values())
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    onnx.checker.check_model(ours)

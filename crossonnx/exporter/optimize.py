@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from crossonnx.architectures import architecture
-from crossonnx.exporter.graph_files import save_self_contained, save_weights_apart, working_directory
+from crossonnx.exporter.graph_files import is_external, save_self_contained, save_weights_apart, working_directory
 
 NORMALIZATION_OPS = (
     "LayerNormalization",
@@ -77,19 +80,49 @@ def fuse(plain: Path, out: Path, config: Any, apart: Path | None = None) -> dict
     return {"graph": f"fused ({family} optimizer)", "fused_operators": fused}
 
 
+@contextmanager
+def _shapes_from_dims() -> Iterator[None]:
+    """ONNX Runtime's fp16 conversion reads each weight it converts only to learn its shape
+    (``float16.make_value_info_from_tensor``); a weight kept apart still holds float32 there while it already declares
+    float16, so during the conversion the shape comes from the tensor's dims, as it is written in the graph."""
+    from onnxruntime.transformers import onnx_model
+
+    # the module OnnxModel converts with (ONNX Runtime imports it as top-level "float16", a module of its own)
+    float16 = sys.modules[onnx_model.convert_float_to_float16.__module__]
+    original = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = lambda tensor: onnx.helper.make_tensor_value_info(
+        tensor.name, tensor.data_type, list(tensor.dims))
+    try:
+        yield
+    finally:
+        float16.make_value_info_from_tensor = original
+
+
 def to_mixed_fp16(fused: Path, out: Path) -> dict[str, Any]:
-    """fp16 weights and math, fp32 inputs/outputs, normalizations, softmax and the classifier head."""
+    """fp16 weights and math, fp32 inputs/outputs, normalizations, softmax and the classifier head.
+
+    Where ``fused`` keeps its weights in a file beside it (the exporter's weights-apart copy), the conversion runs
+    on the graph without them: ONNX Runtime's shape inference copies the model it works on, which on a large model
+    is the weights twice over. The weights it marked float16 are then read, converted (as it would convert them)
+    and written one at a time.
+    """
     _quiet_ort_python_tools()
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(fused)))
+    structure = onnx.load(str(fused), load_external_data=False)
+    stored_float = {tensor.name for tensor in structure.graph.initializer
+                    if tensor.data_type == onnx.TensorProto.FLOAT and is_external(tensor)}
+    model = OnnxModel(structure)
     head = head_node_names(model.model)
-    model.convert_float_to_float16(
-        keep_io_types=True,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
-        node_block_list=head,
-    )
+    with working_directory(fused.parent), _shapes_from_dims():  # shape inference may read a small external constant
+        model.convert_float_to_float16(
+            keep_io_types=True,
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+            node_block_list=head,
+        )
     model.topological_sort()  # the conversion inserts casts after their consumers
-    save_self_contained(model.model, fused.parent, out)  # one weight serialized at a time
+    halve = {tensor.name for tensor in model.model.graph.initializer
+             if tensor.name in stored_float and tensor.data_type == onnx.TensorProto.FLOAT16}
+    save_self_contained(model.model, fused.parent, out, halve=halve)  # one weight serialized at a time
     return {"graph": "fused, mixed fp16", "fp32_ops": list(FP32_OPS), "fp32_nodes": head, "io": "float32"}

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from crossonnx.exporter.graph_files import Initializers, save_self_contained
+from crossonnx.exporter.graph_files import Initializers, WeightsFile, save_self_contained
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import head_node_names
 from crossonnx.exporter.search import fewest_that_meet
@@ -116,14 +116,35 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
     ONNX Runtime's dynamic quantization, written one weight at a time: each weight MatMul becomes
     DynamicQuantizeLinear(x) -> MatMulInteger -> Cast -> Mul(x scale x weight scales), the pattern ONNX Runtime
     fuses into DynamicQuantizeMatMul when it loads the file. Weights are read from the plain graph's external data
-    (memory-mapped), so memory holds the output file and one weight's work, not several copies of the model.
+    and each quantized weight goes to a scratch file beside it as soon as it is made, so memory holds one weight's
+    work, not the model's quantized weights, then the output file's copy of them.
     """
     model = onnx.load(str(plain), load_external_data=False)
     targets = {n.name for n in weight_matmuls(model)} - set(plan.fp32_matmuls)
     if plan.first_position_fp32:
         targets = set(split_first_position(model, targets))
-    arrays = Initializers(plain.parent, model)
-    new_arrays: dict[str, np.ndarray] = {}
+    scratch = plain.with_name(f".{out.name}.weights")  # beside the plain graph's weights: one folder to read from
+    try:
+        with open(scratch, "wb") as handle:
+            nodes, new = _quantized_nodes(model, Initializers(plain.parent, model), targets, plan,
+                                          WeightsFile(handle, scratch.name))
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {name for node in nodes for name in node.input}
+        kept = [init for init in model.graph.initializer if init.name in used]  # external ones stay so until written
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        model.graph.initializer.extend(tensor for tensor in new if tensor.name in used)
+        save_self_contained(model, plain.parent, out)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _quantized_nodes(model: onnx.ModelProto, arrays: Initializers, targets: set[str], plan: Int8Plan,
+                     weights: WeightsFile) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``model``'s nodes with the ``targets`` MatMuls quantized, and the new weights' graph entries (their values
+    written to ``weights`` one at a time)."""
+    new: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
     quantized_inputs: dict[str, tuple[str, str, str]] = {}  # x -> (x_q, x_scale, x_zero_point)
     quantized_weights: set[str] = set()
@@ -142,14 +163,14 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
             quantized_weights.add(weight)
             fp32 = arrays[weight]
             values, scales = quantized_weight(fp32, plan.reduce_range)
-            new_arrays[f"{weight}_quantized"] = values
-            new_arrays[f"{weight}_scale"] = scales
-            new_arrays[f"{weight}_zero_point"] = np.zeros(scales.shape, dtype=np.int8)
+            new.append(weights.add(f"{weight}_quantized", values))
+            new.append(weights.add(f"{weight}_scale", scales))
+            new.append(weights.add(f"{weight}_zero_point", np.zeros(scales.shape, dtype=np.int8)))
             if plan.first_position_fp32:
                 # fp16 keeps the [CLS] path within ~1e-3 relative of fp32 (7-bit int8 weights would cost a third
                 # of the int8 variant's rank agreement) at half the bytes of an fp32 copy
-                new_arrays[f"{weight}_fp16"] = fp32.astype(np.float16)
-            del fp32
+                new.append(weights.add(f"{weight}_fp16", fp32.astype(np.float16)))
+            del fp32, values
         nodes += [
             helper.make_node("MatMulInteger", [x_q, f"{weight}_quantized", x_zero, f"{weight}_zero_point"],
                              [f"{y}_int32"], name=f"{node.name}_quant"),
@@ -160,17 +181,7 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
         ]
     if plan.first_position_fp32:
         nodes = _first_rows_from_fp16(nodes, quantized_weights)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in used]  # external ones stay so until written
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    model.graph.initializer.extend(
-        numpy_helper.from_array(array, name) for name, array in new_arrays.items() if name in used
-    )
-    del new_arrays
-    save_self_contained(model, plain.parent, out)
+    return nodes, new
 
 
 def _first_rows_from_fp16(nodes: list[onnx.NodeProto], quantized: set[str]) -> list[onnx.NodeProto]:
