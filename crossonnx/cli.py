@@ -159,14 +159,20 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from crossonnx.bench.accuracy import crossonnx_scorer, evaluate, torch_scorer
     from crossonnx.bench.worker import engine_name
     from crossonnx.engines import validation_provider
+    from crossonnx.levels import Machine
     from crossonnx.manifest import load_manifest
 
     threads = args.threads or 2
     scorers = {}
     if args.checkpoint:
         scorers["torch-fp32"] = torch_scorer(Path(args.checkpoint), "fp32", threads)
+    machine = Machine.probe()
     for precision in load_manifest(args.model_dir).precisions:  # OpenVINO's own precisions on OpenVINO
         provider = validation_provider(precision)
+        cannot = machine.runs(provider, precision)
+        if cannot is not None:  # e.g. bf16 on a CPU without bf16: what runs here is compared, the rest named
+            print(f"{precision} skipped: {cannot}", file=sys.stderr)
+            continue
         scorers[engine_name(provider, precision)] = crossonnx_scorer(Path(args.model_dir), precision, threads, provider)
     reference = "torch-fp32" if args.checkpoint else next(iter(scorers))
     rows = evaluate(scorers, reference=reference, queries=args.queries, log=lambda m: print(m, file=sys.stderr))
