@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 from crossonnx.errors import CrossOnnxError, ModelFolderError, ValidationError
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, load_manifest, sha256_file
 from crossonnx.parity import AGAINST, Gate, Parity, Scorer, score_parity
-from crossonnx.paths import cache_root
+from crossonnx.paths import cache_root, write_json
 from crossonnx.precisions import VALIDATION_NEEDS
 from crossonnx.tune import folder_identity, machine_identity
 
@@ -173,12 +172,7 @@ def _load(key: str, identity: dict[str, Any]) -> Verdict | None:
 
 def _store(verdict: Verdict) -> Path:
     """Write ``verdict`` under its key, whole or not at all."""
-    path = verdict_path(verdict.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(verdict.to_dict(), indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_json(verdict_path(verdict.key), verdict.to_dict())
 
 
 def load_verdict(folder: Path, manifest: Manifest, precision: str, provider: str) -> Verdict | None:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import time
@@ -38,7 +37,7 @@ from crossonnx.batching import plan_batches
 from crossonnx.errors import PrecisionNotExportedError
 from crossonnx.levels import LEVELS, Machine, PendingCheck, agreement, resolve_level, shortfall, variant_key
 from crossonnx.manifest import UNFUSED_GRAPH, Manifest, load_manifest
-from crossonnx.paths import cache_root
+from crossonnx.paths import cache_root, write_json
 from crossonnx.precisions import PRECISIONS, TENSORRT
 from crossonnx.tokenization import PairTokenizer
 from crossonnx.versions import library_versions
@@ -193,12 +192,7 @@ def tuned_path(key: str) -> Path:
 
 def store(result: TuneResult) -> Path:
     """Write ``result`` under its key, whole or not at all (a temporary file renamed over the old one)."""
-    path = tuned_path(result.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_json(tuned_path(result.key), result.to_dict())
 
 
 def load_tuned(manifest: Manifest, threads: int) -> TuneResult | None:

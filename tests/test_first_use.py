@@ -119,14 +119,9 @@ def test_without_openvino_bf16_is_left_out_as_before():
     """The check runs in a process where openvino cannot be imported."""
     import subprocess
 
-    script = """
-import sys
-class _Blocked:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "openvino":
-            raise ImportError("openvino is blocked")
-        return None
-sys.meta_path.insert(0, _Blocked())
+    from test_openvino import OPENVINO_BLOCKED
+
+    script = OPENVINO_BLOCKED + """
 from crossonnx.exporter.pipeline import build_problem, default_precisions, unbuildable_defaults
 assert "bf16" not in default_precisions()
 [left] = [item for item in unbuildable_defaults() if item.precision == "bf16"]

@@ -112,7 +112,7 @@ def test_auto_picks_openvino_for_its_own_precisions_only(tiny_exports, reference
     assert static.provider == "openvino" and "runs on OpenVINO only" in static.provider_reason
 
 
-BLOCK_OPENVINO = """
+OPENVINO_BLOCKED = """
 import sys
 class _Blocked:
     def find_spec(self, name, path=None, target=None):
@@ -120,6 +120,9 @@ class _Blocked:
             raise ImportError("openvino is blocked")
         return None
 sys.meta_path.insert(0, _Blocked())
+"""
+
+BLOCK_OPENVINO = OPENVINO_BLOCKED + """
 from crossonnx import CrossEncoder, MissingExtraError
 folder = sys.argv[1]
 auto = CrossEncoder(folder)
