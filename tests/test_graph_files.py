@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from crossonnx.exporter.graph_files import Initializers, data_file, save_self_contained, weights_apart
+from crossonnx.exporter.graph_files import Initializers, data_file, save_self_contained, save_weights_apart
 
 
 def _two_layer_graph(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
@@ -32,14 +32,14 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_weights_apart_then_self_contained_is_the_same_graph(tmp_path: Path) -> None:
+def test_weights_kept_apart_then_self_contained_is_the_same_graph(tmp_path: Path) -> None:
     graph = tmp_path / "g.onnx"
     weights = _two_layer_graph(graph)
     x = np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)
     expected = _run(graph, x)
     original = onnx.load(str(graph))
 
-    weights_apart(graph)
+    save_weights_apart(onnx.load(str(graph)), graph)
     assert data_file(graph).stat().st_size >= weights["w1"].nbytes + weights["w2"].nbytes
     structure = onnx.load(str(graph), load_external_data=False)
     stored = Initializers(tmp_path, structure)
@@ -55,6 +55,46 @@ def test_weights_apart_then_self_contained_is_the_same_graph(tmp_path: Path) -> 
     onnx.checker.check_model(written)
     np.testing.assert_array_equal(_run(out, x), expected)
     assert [i.name for i in structure.graph.initializer] == list(weights)  # the model given is left as it was
+
+
+def test_plain_graph_is_torchs_own_export_with_weights_written_apart(tmp_path: Path, tiny_checkpoints) -> None:
+    """The exporter traces the graph without its parameters and writes the constant-folded ones itself, one at a
+    time into the weights file: the graph is the one torch writes with its parameters inside, weights included."""
+    import warnings
+
+    import torch
+
+    from crossonnx.exporter.convert import (
+        _LogitsOnly,
+        cls_only_last_layer,
+        dummy_inputs,
+        export_plain_graph,
+        graph_input_names,
+        load_checkpoint,
+    )
+
+    checkpoint = load_checkpoint(tiny_checkpoints["roberta"])
+    names = graph_input_names(checkpoint)
+    ours = tmp_path / "plain.onnx"
+    assert export_plain_graph(checkpoint, names, ours, 17) is True
+    theirs = tmp_path / "torch.onnx"
+    model = checkpoint.load_model()
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    with torch.no_grad(), warnings.catch_warnings(), cls_only_last_layer(model):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LogitsOnly(model, names).eval(), dummy_inputs(checkpoint, names), str(theirs),
+                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=17,
+                          do_constant_folding=True, dynamo=False)
+    structure = onnx.load(str(ours), load_external_data=False)
+    assert sum(init.data_location == TensorProto.EXTERNAL for init in structure.graph.initializer) > 10
+    assert data_file(ours).stat().st_size > theirs.stat().st_size * 0.9  # the weights are apart, not inside
+    expected, written = onnx.load(str(theirs)), onnx.load(str(ours))
+    assert list(written.graph.node) == list(expected.graph.node)
+    assert list(written.graph.input) == list(expected.graph.input)
+    assert list(written.graph.output) == list(expected.graph.output)
+    assert [i.name for i in written.graph.initializer] == [i.name for i in expected.graph.initializer]
+    for mine, torchs in zip(written.graph.initializer, expected.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(mine), numpy_helper.to_array(torchs))
 
 
 def _run_plain(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,7 +118,6 @@ def test_own_int8_writer_matches_onnxruntime_quantize_dynamic(tmp_path: Path, ti
     quantize_dynamic(str(plain), str(theirs), op_types_to_quantize=["MatMul"], nodes_to_quantize=targets,
                      per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
                      extra_options={"MatMulConstBOnly": True})
-    weights_apart(plain)
     ours = tmp_path / "ours.onnx"
     write_int8(plain, ours, plan)
 

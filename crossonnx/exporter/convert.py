@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from crossonnx.architectures import TOKEN_INPUTS, architecture
 from crossonnx.errors import ExportError
+from crossonnx.exporter.graph_files import WeightsFile, data_file
 
 
 def quiet_libraries() -> None:
@@ -182,14 +185,15 @@ def dummy_inputs(checkpoint: LoadedCheckpoint, names: list[str]) -> tuple[torch.
 def export_plain_graph(
     checkpoint: LoadedCheckpoint, names: list[str], out_path: Path, opset: int, prune_last_layer: bool = True
 ) -> bool:
-    """Write the unfused fp32 graph with dynamic batch and sequence axes; True if the last layer was pruned."""
+    """Write the unfused fp32 graph with dynamic batch and sequence axes, its weights in ``NAME.data`` beside it
+    (``graph_files.data_file``); True if the last layer was pruned."""
     model = checkpoint.load_model()
     wrapper = _LogitsOnly(model, names).eval()
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
     pruned = prune_last_layer and supports_cls_pruning(model)
     pruning = cls_only_last_layer(model) if pruned else nullcontext()
-    with torch.no_grad(), warnings.catch_warnings(), pruning:
+    with torch.no_grad(), warnings.catch_warnings(), pruning, folded_parameters() as parameters:
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(
             wrapper,
@@ -200,8 +204,11 @@ def export_plain_graph(
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,
+            export_params=False,  # the weights are written below, one at a time
             dynamo=False,
         )
+    write_parameters(out_path, parameters, names)
+    del parameters
     graph_inputs = exported_input_names(out_path)
     if not graph_inputs or graph_inputs != [name for name in names if name in graph_inputs]:
         raise ExportError(f"the exported graph takes {graph_inputs}, expected {names}")
@@ -213,6 +220,64 @@ def export_plain_graph(
             "from sentence-transformers"
         )
     return pruned
+
+
+# The TorchScript exporter builds the whole model as one protobuf in memory, serializes it and hands the bytes to
+# Python, then parses them again: with its parameters and their constant-folded copies alive, a large model's export
+# peaked at over four times its weights. Exporting the graph without parameters and writing the folded parameters
+# ourselves, one at a time into the weights file the later passes read, leaves the folding's own copies as the peak.
+_TORCHSCRIPT_EXPORTER = ("torch.onnx._internal.torchscript_exporter.utils", "torch.onnx.utils")  # torch >=2.9, older
+
+
+@contextmanager
+def folded_parameters() -> Iterator[dict[str, torch.Tensor]]:
+    """The parameters of the graph the TorchScript exporter traces inside this block, after constant folding (a
+    weight's folded transpose included), by the names the graph gives them."""
+    for name in _TORCHSCRIPT_EXPORTER:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "_model_to_graph"):
+            break
+    else:
+        raise ExportError(
+            f"this torch {torch.__version__} has no TorchScript exporter crossonnx knows; install the torch version "
+            "the export extra names: pip install \"crossonnx[export]\""
+        )
+    captured: dict[str, torch.Tensor] = {}
+    original = module._model_to_graph
+
+    def model_to_graph(*args: Any, **kwargs: Any) -> Any:
+        graph, parameters, outputs = original(*args, **kwargs)
+        captured.update(parameters)
+        return graph, parameters, outputs
+
+    module._model_to_graph = model_to_graph
+    try:
+        yield captured
+    finally:
+        module._model_to_graph = original
+
+
+def write_parameters(graph_path: Path, parameters: dict[str, torch.Tensor], names: list[str]) -> None:
+    """Turn the graph's parameter inputs (every input but the tokenizer's ``names``) into initializers whose values
+    go to the graph's weights file one at a time (small ones stay inline)."""
+    model = onnx.load(str(graph_path))  # the structure only: it was exported without parameters
+    inputs = list(model.graph.input)
+    unknown = [value.name for value in inputs if value.name not in names and value.name not in parameters]
+    if unknown:
+        raise ExportError(f"the exported graph takes inputs that are neither the tokenizer's nor parameters: {unknown}")
+    weights_path = data_file(graph_path)
+    with open(weights_path, "wb") as handle:
+        weights = WeightsFile(handle, weights_path.name)
+        for value in inputs:
+            if value.name not in names:
+                tensor = parameters[value.name].detach().contiguous()
+                model.graph.initializer.append(weights.add(value.name, tensor.numpy()))
+    del model.graph.input[:]
+    model.graph.input.extend(value for value in inputs if value.name in names)
+    onnx.save(model, str(graph_path))
 
 
 def exported_input_names(path: Path) -> list[str]:

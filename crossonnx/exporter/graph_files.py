@@ -18,16 +18,8 @@ RAW_DATA_FIELD = 9  # TensorProto.raw_data
 LENGTH_DELIMITED = 2
 
 
-def weights_apart(graph: Path) -> None:
-    """Move ``graph``'s weights into ``NAME.data`` beside it: later passes read them from there on demand instead of
-    holding another copy of the model each."""
-    model = onnx.load(str(graph))
-    onnx.save(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=data_file(graph).name, size_threshold=1024)
-
-
 def data_file(graph: Path) -> Path:
-    """Where ``weights_apart`` keeps ``graph``'s weights."""
+    """Where ``graph``'s weights are kept apart from it (``save_weights_apart``, the exporter's plain graph)."""
     return graph.with_name(f"{graph.name}.data")
 
 

@@ -31,7 +31,7 @@ from crossonnx.exporter.convert import (
     load_checkpoint,
     quiet_libraries,
 )
-from crossonnx.exporter.graph_files import remove_graph, save_self_contained, weights_apart
+from crossonnx.exporter.graph_files import remove_graph, save_self_contained
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import fuse, to_mixed_fp16
 from crossonnx.exporter.quantize import quantize_int8
@@ -433,7 +433,6 @@ def export_graph(export: Export) -> None:
     )
     export.checkpoint.model = None  # free memory before the graph passes
     release_memory()
-    weights_apart(export.plain)
 
 
 def save_tokenizer(export: Export) -> None:
