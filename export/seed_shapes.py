@@ -172,8 +172,12 @@ def write_table(rows: list[dict], out: Path, versions: dict[str, str], pending: 
         "## Cost per shape",
         "",
         "Peak: the export process's peak resident set (VmHWM). fp32 MB: the fp32 graph's size; the peak's ratio to",
-        "it is what an export of a larger model of the same family needs. Rows with `–` were measured before this",
-        "table recorded cost (fp32, fp16 and int8 only, by an earlier exporter); a run without --models measures them.",
+        "it is what an export of a larger model of the same family needs.",
+    ]
+    if any(r["precision"] == "fp32" and not r.get("export_peak_mb") for r in rows):
+        lines[-1] += (" Rows with `–` were measured before this table recorded cost (by an earlier exporter); a run "
+                      "without --models measures them.")
+    lines += [
         "",
         "| model | arch | layers x hidden | fp32 MB | export s | peak RSS MB | peak / fp32 |",
         "|---|---|---|---:|---:|---:|---:|",
