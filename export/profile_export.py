@@ -2,8 +2,9 @@
 
     python export/profile_export.py CHECKPOINT OUT [--gate ...] [--json FILE]
 
-Memory is sampled from /proc every 0.2 s (VmRSS of the export process; VmHWM for the whole run), so a peak shorter
-than a sample can be missed by a step but never by the total. Steps are the export's own numbered log lines.
+Memory is read from /proc: the export process's peak resident set (VmHWM), which is reset at each step line, so each
+step's peak is exact; where the reset is not allowed, resident memory (VmRSS) sampled every 0.2 s, which can miss a
+step's shorter peaks (never the total's). Steps are the export's own numbered log lines.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ STEP = re.compile(r"^\[(\d+)/(\d+)\s+([\d.]+)s\] (.*)$")
 SAMPLE_S = 0.2
 
 
+def _reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current resident set (Linux: /proc/PID/clear_refs); False where not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def profile_export(checkpoint: Path, out: Path, args: list[str], echo: bool = True) -> dict:
     """Export ``checkpoint`` to ``out`` with the CLI's ``args``; per step: seconds and peak RSS (MiB)."""
     command = [sys.executable, "-c", "from crossonnx.cli import main; main()", "export", str(checkpoint),
@@ -30,17 +41,22 @@ def profile_export(checkpoint: Path, out: Path, args: list[str], echo: bool = Tr
     started = time.perf_counter()
     child = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     steps: list[dict] = [{"step": "starting python", "started_s": 0.0, "peak_rss_mb": 0.0}]
-    peak = {"hwm": 0.0}
+    peak = {"hwm": 0.0, "resets": True}
     lock = threading.Lock()
+
+    def record() -> None:
+        """The peak so far into the current step (and the run's); call with ``lock`` held."""
+        hwm = process_memory_mb("VmHWM", child.pid)
+        current = hwm if peak["resets"] else process_memory_mb("VmRSS", child.pid)
+        if current is not None:
+            steps[-1]["peak_rss_mb"] = max(steps[-1]["peak_rss_mb"], current)
+        if hwm is not None:
+            peak["hwm"] = max(peak["hwm"], hwm)
 
     def sample() -> None:
         while child.poll() is None:
-            rss, hwm = process_memory_mb("VmRSS", child.pid), process_memory_mb("VmHWM", child.pid)
             with lock:
-                if rss is not None:
-                    steps[-1]["peak_rss_mb"] = max(steps[-1]["peak_rss_mb"], rss)
-                if hwm is not None:
-                    peak["hwm"] = max(peak["hwm"], hwm)
+                record()
             time.sleep(SAMPLE_S)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -55,6 +71,8 @@ def profile_export(checkpoint: Path, out: Path, args: list[str], echo: bool = Tr
         match = STEP.match(line)
         if match:
             with lock:
+                record()
+                peak["resets"] = peak["resets"] and _reset_peak(child.pid)
                 steps.append({"step": match.group(4), "started_s": time.perf_counter() - started,
                               "peak_rss_mb": 0.0})
     code = child.wait()

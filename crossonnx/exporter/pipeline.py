@@ -717,6 +717,7 @@ def validate(export: Export) -> dict[str, Parity]:
             continue
         export.steps(f"validating {precision} against PyTorch")
         parity = validate_precision(export.tmp, precision, reference, gates[precision])
+        release_memory()  # the session just closed: the next one starts from the floor, not from this one's peak
         parities[precision] = parity
         export.steps.note(parity.summary())
     failed = [p for p, parity in parities.items() if not parity.passed]
