@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from crossonnx.manifest import load_manifest
 
@@ -53,6 +54,30 @@ def test_sensitivity_does_not_depend_on_how_captures_are_grouped(tmp_path, tiny_
     assert one_by_one == all_at_once and all_at_once[1]
     assert _capture_groups({"a": 4, "b": 4, "c": 8}, tokens=10, budget=320) == [["a", "b"], ["c"]]
     assert _capture_groups({"a": 4, "b": 4}, tokens=10, budget=1) == [["a"], ["b"]]
+
+
+def test_trial_graphs_keep_weights_apart_and_score_as_the_written_file(tmp_path, tiny_checkpoints, tiny_exports):
+    """The plan's trials load int8 graphs whose weights ONNX Runtime maps: they score exactly as the self-contained
+    file the plan is written to, and the search leaves nothing beside the plain graph."""
+    from crossonnx.exporter.graph_files import data_file, remove_graph
+    from crossonnx.exporter.quantize import choose_plan, run_logits, write_int8
+
+    plain, feeds = _plain_graph_and_feeds(tmp_path, tiny_checkpoints["roberta"], tiny_exports["roberta"])
+    before = sorted(path.name for path in tmp_path.iterdir())
+    plan = choose_plan(plain, feeds)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # capture and trial graphs removed
+    written, trial = tmp_path / "written" / "int8.onnx", plain.with_name(".trial.onnx")
+    written.parent.mkdir()
+    write_int8(plain, written, plan)
+    write_int8(plain, trial, plan, apart=True)
+    assert data_file(trial).stat().st_size > trial.stat().st_size  # the new weights are in its data file
+    graph = onnx.load(str(trial), load_external_data=False)
+    assert {entry.value for init in graph.graph.initializer for entry in init.external_data
+            if entry.key == "location"} == {data_file(plain).name, data_file(trial).name}
+    assert np.array_equal(run_logits(trial, feeds), run_logits(written, feeds))
+    remove_graph(trial)
+    with pytest.raises(ValueError, match="beside"):
+        write_int8(plain, written.with_name("apart.onnx"), plan, apart=True)
 
 
 def test_int8_plan_is_recorded(tiny_exports):

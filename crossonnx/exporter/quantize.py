@@ -14,7 +14,6 @@ onnxruntime sessions). The plan is recorded in the manifest.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from crossonnx.exporter.graph_files import Initializers, WeightsFile, save_self_contained
+from crossonnx.exporter.graph_files import (
+    Initializers,
+    WeightsFile,
+    data_file,
+    declare_node_domains,
+    remove_graph,
+    save_self_contained,
+)
 from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.optimize import head_node_names
 from crossonnx.exporter.search import fewest_that_meet
@@ -110,7 +116,7 @@ def quantized_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.
     return np.clip(np.round(w / scale), -levels, levels).astype(np.int8), scale
 
 
-def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
+def write_int8(plain: Path, out: Path, plan: Int8Plan, apart: bool = False) -> None:
     """Quantize ``plain`` according to ``plan``; the classifier head and ``plan.fp32_matmuls`` stay fp32.
 
     ONNX Runtime's dynamic quantization, written one weight at a time: each weight MatMul becomes
@@ -118,12 +124,19 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
     fuses into DynamicQuantizeMatMul when it loads the file. Weights are read from the plain graph's external data
     and each quantized weight goes to a scratch file beside it as soon as it is made, so memory holds one weight's
     work, not the model's quantized weights, then the output file's copy of them.
+
+    ``apart``: ``out`` (which must be beside ``plain``) keeps its weights outside: the new ones in its data file
+    (``graph_files.data_file``), the others in the plain graph's. ONNX Runtime then maps them instead of holding
+    the parsed file and a copy of every weight; a trial file, removed with ``graph_files.remove_graph``.
     """
+    if apart and out.parent != plain.parent:
+        raise ValueError(f"a graph with its weights apart must be beside {plain}: {out}")
     model = onnx.load(str(plain), load_external_data=False)
     targets = {n.name for n in weight_matmuls(model)} - set(plan.fp32_matmuls)
     if plan.first_position_fp32:
         targets = set(split_first_position(model, targets))
-    scratch = plain.with_name(f".{out.name}.weights")  # beside the plain graph's weights: one folder to read from
+    # beside the plain graph's weights: one folder to read from
+    scratch = data_file(out) if apart else plain.with_name(f".{out.name}.weights")
     try:
         with open(scratch, "wb") as handle:
             nodes, new = _quantized_nodes(model, Initializers(plain.parent, model), targets, plan,
@@ -135,9 +148,14 @@ def write_int8(plain: Path, out: Path, plan: Int8Plan) -> None:
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept)
         model.graph.initializer.extend(tensor for tensor in new if tensor.name in used)
-        save_self_contained(model, plain.parent, out)
+        if apart:
+            declare_node_domains(model)
+            onnx.save(model, str(out))
+        else:
+            save_self_contained(model, plain.parent, out)
     finally:
-        scratch.unlink(missing_ok=True)
+        if not apart:
+            scratch.unlink(missing_ok=True)
 
 
 def _quantized_nodes(model: onnx.ModelProto, arrays: Initializers, targets: set[str], plan: Int8Plan,
@@ -206,10 +224,10 @@ def _session(path: Path, keep_intermediates: bool = False):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if keep_intermediates:
+        # the arena stays on: without it every buffer is malloc'ed and freed by the worker threads, glibc keeps
+        # what they free in its heaps, and on a large model resident memory grew with every run, far past what
+        # one run holds; the arena keeps the largest run's buffers for the next and is freed with the session
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        # capture sessions are short-lived and their buffer sizes vary by group and batch: without the arena,
-        # freed buffers go back at once (less memory held between runs on large models)
-        options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -226,14 +244,19 @@ def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def _fake_quant_weight(w: np.ndarray, plan: Int8Plan) -> np.ndarray:
-    """Symmetric int8 (7-bit with reduce_range) per output channel (or per tensor) quantize-dequantize."""
+def _fake_quant_weight(w: np.ndarray, plan: Int8Plan) -> tuple[np.ndarray, np.ndarray | np.float32]:
+    """Symmetric int8 (7-bit with reduce_range) per output channel (or per tensor) quantization: the int8 values
+    and their scale, kept apart (a quarter of the weight's bytes); ``_dequantized`` makes the float32 weight."""
     if plan.per_channel:
-        values, scale = quantized_weight(w, plan.reduce_range)
-        return values.astype(np.float32) * scale
+        return quantized_weight(w, plan.reduce_range)
     levels = WEIGHT_RANGE[plan.reduce_range]
     scale = np.float32(np.abs(w).max() / levels or 1.0)
-    return np.clip(np.round(w / scale), -levels, levels).astype(np.float32) * scale
+    return np.clip(np.round(w / scale), -levels, levels).astype(np.int8), scale
+
+
+def _dequantized(quantized: tuple[np.ndarray, np.ndarray | np.float32]) -> np.ndarray:
+    values, scale = quantized
+    return values.astype(np.float32) * scale
 
 
 CAPTURE_BUDGET = 512 * 2**20  # bytes of captured MatMul inputs held at once
@@ -262,15 +285,20 @@ def analyse_matmuls(
     B rows) and, for the others, the relative Frobenius error of their output when only they are quantized.
     Memory stays bounded on large models: each session exposes only a group of inputs whose captures of the
     largest batch fit in ``capture_budget`` bytes (ONNX Runtime allocates every graph output on every run),
-    every capture covers the whole batch (so the per-tensor activation ranges are those of the batch), and the
-    weights are read from the plain graph's external data (memory-mapped) by the sessions and the simulation alike.
-    The simulation runs in float32 (the error it measures is a thousand times above float32's rounding).
+    every capture covers the whole batch (so the per-tensor activation ranges are those of the batch), the
+    weights are read from the plain graph's external data (memory-mapped) by the sessions, and the simulation
+    holds only the group's int8 weights, reading each fp32 weight when it needs it.
+    The simulation runs in float32 (the error it measures is a thousand times above float32's rounding), each
+    MatMul as one product of all the batch's rows (one BLAS call, not one per sequence: faster).
     """
     model = onnx.load(str(plain), load_external_data=False)
     dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
     # plain tuples: a NodeProto would keep the whole loaded model alive
     nodes = [(node.name, node.input[0], node.input[1]) for node in weight_matmuls(model)]
     widths = {x: int(dims[w][0]) for _, x, w in nodes}  # input name -> its last dimension
+    readers: dict[str, list[tuple[str, str]]] = {}  # input name -> its MatMuls (name, weight): Q, K and V share one
+    for name, x, w in nodes:
+        readers.setdefault(x, []).append((name, w))
     tokens = max((int(np.prod(next(iter(feed.values())).shape)) for feed in feeds), default=0)
     first_only: set[str] = {name for name, _, _ in nodes}
     num = dict.fromkeys(first_only, 0.0)
@@ -288,26 +316,29 @@ def analyse_matmuls(
             onnx.save(capture, str(path))
             del capture
             session = _session(path, keep_intermediates=True)
-            members = set(group)
-            # this group's weights, exact and simulated int8 (one group's worth in memory at a time)
-            weights = {w: arrays[w] for _, x, w in nodes if x in members}
-            quantized = {w: _fake_quant_weight(weights[w], plan) for w in weights}
+            # this group's weights in int8 (one group's worth in memory at a time)
+            quantized = {w: _fake_quant_weight(arrays[w], plan) for x in group for _, w in readers[x]}
             for feed in feeds:
                 width = next(iter(feed.values())).shape[1]
                 captured = dict(zip(group, session.run(group, feed), strict=True))
-                for name, input_name, weight_name in nodes:
-                    x = captured.get(input_name)
-                    if x is None or x.ndim != 3 or x.shape[1] == 1 < width:
+                for input_name in group:
+                    x = captured.pop(input_name)  # each capture leaves memory once measured
+                    if x.ndim != 3 or x.shape[1] == 1 < width:
                         continue
-                    first_only.discard(name)
                     if plan.first_position_fp32:
                         x = x[:, 1:]
-                    exact = x @ weights[weight_name]
-                    error = _fake_quant_activation(x) @ quantized[weight_name] - exact
-                    num[name] += float(np.square(error, dtype=np.float64).sum())
-                    den[name] += float(np.square(exact, dtype=np.float64).sum())
-                del captured
-            del session, weights, quantized
+                    x = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+                    simulated = _fake_quant_activation(x)
+                    for name, weight_name in readers[input_name]:
+                        first_only.discard(name)
+                        exact = x @ arrays[weight_name]
+                        error = simulated @ _dequantized(quantized[weight_name])
+                        error -= exact
+                        num[name] += float(np.square(error, dtype=np.float64).sum())
+                        den[name] += float(np.square(exact, dtype=np.float64).sum())
+                        del exact, error
+                    del x, simulated
+            del session, quantized
     finally:
         path.unlink(missing_ok=True)
     errors = {name: (num[name] / den[name]) ** 0.5 for name in num if name not in first_only and den[name]}
@@ -332,12 +363,15 @@ def choose_plan(
     cap = int(len(ranked) * target.max_fp32_fraction)
     ladder = sorted({k for k in (0, 2, 4, 8, 12, 16, 24, 32, 48) if k <= cap} | {cap})
     tried: dict[int, tuple[bool, float]] = {}  # keep -> (met, score)
-    with tempfile.TemporaryDirectory() as tmp:
-        trial_path = Path(tmp) / "trial.onnx"
+    # each trial's graph keeps its weights apart, beside the plain graph's (ONNX Runtime maps them: no parsed
+    # copy of a self-contained file and of its weights); only the chosen plan is written self-contained
+    trial_path = plain.with_name(".int8-trial.onnx")
+    try:
 
         def trial(keep: int) -> bool:
-            write_int8(plain, trial_path, Int8Plan(fp32_matmuls=sorted(first_only) + ranked[:keep]))
+            write_int8(plain, trial_path, Int8Plan(fp32_matmuls=sorted(first_only) + ranked[:keep]), apart=True)
             measured = logit_agreement(run_logits(trial_path, feeds), reference)
+            remove_graph(trial_path)
             release_memory()
             met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
             base.search.append({"fp32_matmuls": keep, **measured, "met": met})
@@ -348,6 +382,8 @@ def choose_plan(
             return met
 
         fewest_that_meet(ladder, trial, most_first=False)  # most models meet it with none in float
+    finally:
+        remove_graph(trial_path)
     met = [keep for keep, (ok, _) in tried.items() if ok]
     best = (0.0, min(met)) if met else min((score, keep) for keep, (_, score) in tried.items())
     assert best is not None
