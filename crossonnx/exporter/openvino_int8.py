@@ -34,9 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import io
 import logging
-from collections.abc import Callable
+import mmap
+import os
+import sys
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +50,7 @@ import numpy as np
 
 from crossonnx.cpu import has_int8_dot_product
 from crossonnx.errors import require_module
+from crossonnx.exporter.memory import release_memory
 from crossonnx.exporter.search import fewest_that_meet
 from crossonnx.metrics import logit_agreement
 
@@ -133,17 +138,118 @@ def _compile(model: Any, hint: str, threads: int) -> Any:
     return ov.Core().compile_model(model, "CPU", config)
 
 
+def weight_files(graph: Path) -> list[Path]:
+    """The files OpenVINO maps for ``graph``'s weights: an IR's ``.bin``, an ONNX graph's external data files."""
+    if graph.suffix == ".xml":
+        return [graph.with_suffix(".bin")]
+    import onnx
+
+    structure = onnx.load(str(graph), load_external_data=False)
+    locations = {entry.value for tensor in structure.graph.initializer for entry in tensor.external_data
+                 if entry.key == "location"}
+    return [graph.parent / location for location in sorted(locations)]
+
+
+def release_mapped_pages(files: Collection[Path]) -> None:
+    """Take this process's resident pages of the read-only shared mappings of ``files`` out of its resident set
+    (Linux; elsewhere nothing).
+
+    OpenVINO maps a graph's weight files rather than reading them, and every page a compile or a transformation
+    touched stays resident for as long as the mapping lives: for the whole of an NNCF run, which holds the model it
+    was given, all of the fp32 weights, beside the copies the CPU plugin and SmoothQuant make of them. The pages stay
+    in the page cache, so whatever still reads them faults them back in without copying; a read-only shared mapping
+    holds nothing of its own that dropping could lose.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if not files or advice is None or not sys.platform.startswith("linux"):
+        return
+    wanted = {os.path.realpath(path) for path in files}
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            ranges = []
+            for line in handle:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[1].startswith("r-") and fields[1][3] == "s" \
+                        and fields[5].rstrip("\n") in wanted:
+                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                    ranges.append((start, end - start))
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for start, length in ranges:
+        madvise(start, length, advice)
+
+
 def run_logits(model: Any, feeds: Feeds, hint: str, threads: int = 0) -> np.ndarray:
-    """Logits of ``model`` over ``feeds`` (one pair each), stacked."""
-    compiled = _compile(model, hint, threads)
+    """Logits of ``model`` (an OpenVINO model, or the path of a graph file) over ``feeds`` (one pair each), stacked.
+    Given a path, the weight pages the compile read are let go before the run: the compiled model holds its own
+    copy of most of them."""
+    compiled = _compile(str(model) if isinstance(model, Path) else model, hint, threads)
+    if isinstance(model, Path):
+        release_mapped_pages(weight_files(model))
     request = compiled.create_infer_request()
     output = compiled.outputs[0]
     return np.concatenate([np.asarray(request.infer(feed)[output], dtype=np.float32) for feed in feeds])
 
 
-def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
+@contextlib.contextmanager
+def _nncf_memory(weights: Collection[Path]) -> Iterator[None]:
+    """Bound what an NNCF run on an OpenVINO model holds at once, without changing what it computes:
+
+    - SmoothQuant computes each scaled weight in float64 and converts them all to the weight's float32 only when it
+      rewrites the model, so it holds every scaled weight twice, in float64 and float32; here each is converted by
+      NNCF's own conversion as it is computed (the same values, a quarter of the memory);
+    - before and after each compile for its statistics, the pages of ``weights`` (the mapped files) are let go
+      (``release_mapped_pages``): the compile touches those the model still uses again, the others (the original
+      weights SmoothQuant replaced) leave memory.
+
+    Both change NNCF's classes for the duration of the block (not thread-safe: one NNCF run at a time, as the export
+    runs them); a name this NNCF lacks leaves that part out, costing memory only.
+    """
+    undo: list[tuple[type, str, Any]] = []
+    try:
+        from nncf.common.factory import EngineFactory
+        from nncf.openvino.graph.model_transformer import OVModelTransformer
+        from nncf.quantization.algorithms.smooth_quant.openvino_backend import OVSmoothQuantAlgoBackend
+    except ImportError:
+        yield
+        return
+    backend = OVSmoothQuantAlgoBackend
+    update = vars(backend).get("weight_update_command")
+    convert = getattr(OVModelTransformer, "_convert_to_dtype", None)
+    if isinstance(update, staticmethod) and convert is not None and hasattr(backend, "get_weight_tensor_port_id"):
+
+        def weight_update_command(node: Any, graph: Any, value: np.ndarray) -> Any:
+            port = backend.get_weight_tensor_port_id(node)
+            if node.layer_attributes.constant_attributes[port].get("dtype") == "f32" and value.dtype != np.float32:
+                value = convert(value, np.float32)  # what NNCF converts it with when it writes the constant
+            return update.__func__(node, graph, value)
+
+        undo.append((backend, "weight_update_command", update))
+        backend.weight_update_command = staticmethod(weight_update_command)
+    create = vars(EngineFactory).get("create")
+    if isinstance(create, staticmethod) and weights:
+
+        def create_engine(model: Any) -> Any:
+            release_mapped_pages(weights)
+            engine = create.__func__(model)
+            release_mapped_pages(weights)
+            return engine
+
+        undo.append((EngineFactory, "create", create))
+        EngineFactory.create = staticmethod(create_engine)
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(undo):
+            setattr(owner, name, original)
+
+
+def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str], weights: Collection[Path] = ()) -> Any:
     """The NNCF recipe of int8-static (above) applied to ``model``, an OpenVINO model or an ONNX ModelProto (which NNCF
-    returns as a QDQ ONNX model), with the nodes ``keep_float`` names left in float; ``model`` is not changed."""
+    returns as a QDQ ONNX model), with the nodes ``keep_float`` names left in float; ``model`` is not changed.
+    ``weights``: the files ``model``'s weights are mapped from, let go of between NNCF's steps (``_nncf_memory``)."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -153,7 +259,7 @@ def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     # NNCF draws its own progress bars (rich, on stdout); the export's step log reports each run instead
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _nncf_memory(weights):
         return nncf.quantize(
             model.clone() if hasattr(model, "clone") else copy.deepcopy(model),
             nncf.Dataset(feeds),
@@ -168,6 +274,11 @@ def nncf_static_int8(model: Any, feeds: Feeds, keep_float: list[str]) -> Any:
         )
 
 
+def _remove_ir(xml: Path) -> None:
+    xml.unlink(missing_ok=True)
+    xml.with_suffix(".bin").unlink(missing_ok=True)
+
+
 def quantize_static_int8(
     fp32_graph: Path,
     out_xml: Path,
@@ -176,22 +287,38 @@ def quantize_static_int8(
     target: StaticInt8Target = StaticInt8Target(),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_xml`` (+ ``.bin``): the fewest down-projections in float that meet ``target``; returns details."""
+    """Write ``out_xml`` (+ ``.bin``): the fewest down-projections in float that meet ``target``; returns details.
+
+    Memory: the fp32 graph's weights are mapped, not copied, and the pages each step read are let go of after it
+    (``release_mapped_pages``); each trial's quantized model is written beside ``out_xml`` and scored from that file,
+    and the one kept is renamed to ``out_xml`` at the end, so no quantized model outlives its trial.
+    """
     ov = _openvino()
+    # one reading for the whole search: nodes the ONNX graph leaves unnamed are named per reading, and the names
+    # kept in float (and recorded in the plan) must be those of the model quantized
     model = ov.Core().read_model(str(fp32_graph))
     head, attention, downs = head_matmuls(model), attention_matmuls(model), down_projections(model)
-    reference = run_logits(model, feeds, "f32")
+    weights = weight_files(fp32_graph)
+    reference = run_logits(fp32_graph, feeds, "f32")
+    release_memory()
     plan = StaticInt8Plan(quantizer=f"nncf {metadata.version('nncf')}", calibration_pairs=len(feeds),
                           inference_precision=inference_precision, float_attention_matmuls=attention,
                           overflow_fix=overflow_fix())
     cap = int(len(downs) * target.max_float_fraction)
     ladder = sorted({k for k in (0, 1, 2, 4, 8, 12, 16) if k <= cap} | {cap})  # one quantization per trial
-    best: tuple[float, int, Any] | None = None  # the model to keep: the fewest that met, else the best score
+    best: tuple[float, int, Path] | None = None  # the file to keep: the fewest that met, else the best score
+    scratches: list[Path] = []
 
     def trial(keep: int) -> bool:
         nonlocal best
-        quantized = nncf_static_int8(model, feeds, head + downs[:keep] + attention)
-        measured = logit_agreement(run_logits(quantized, feeds, inference_precision), reference)
+        scratch = out_xml.with_name(f".{out_xml.stem}.trial-{keep}.xml")
+        scratches.append(scratch)
+        quantized = nncf_static_int8(model, feeds, head + downs[:keep] + attention, weights=weights)
+        ov.save_model(quantized, str(scratch), compress_to_fp16=False)
+        del quantized
+        release_mapped_pages(weights)
+        release_memory()
+        measured = logit_agreement(run_logits(scratch, feeds, inference_precision), reference)
         met = measured["spearman"] >= target.min_spearman and measured["rel_error"] <= target.max_rel_error
         plan.search.append({"float_down_projections": keep, **measured, "met": met})
         if log:
@@ -199,16 +326,26 @@ def quantize_static_int8(
                 f"rel. error {measured['rel_error']:.4f}{'  (target met)' if met else ''}")
         score = -1.0 / (1 + keep) if met else (1 - measured["spearman"]) + measured["rel_error"]
         if best is None or score < best[0]:
-            best = (score, keep, quantized)  # a met trial always beats one that missed (negative score)
+            if best is not None:
+                _remove_ir(best[2])
+            best = (score, keep, scratch)  # a met trial always beats one that missed (negative score)
+        else:
+            _remove_ir(scratch)
+        release_memory()
         return met
 
-    fewest_that_meet(ladder, trial, most_first=True)  # most models miss it even with the most in float
-    assert best is not None
-    _, keep, quantized = best
+    try:
+        fewest_that_meet(ladder, trial, most_first=True)  # most models miss it even with the most in float
+        assert best is not None
+        _, keep, kept = best
+        os.replace(kept.with_suffix(".bin"), out_xml.with_suffix(".bin"))
+        os.replace(kept, out_xml)
+    finally:
+        for scratch in scratches:  # what an error left behind
+            _remove_ir(scratch)
     plan.float_matmuls = head + downs[:keep]
     plan.quantized_matmuls = len(weight_matmuls(model)) - len(plan.float_matmuls)
     plan.met_target = any(step["met"] for step in plan.search)
-    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {**asdict(plan), "target": asdict(target), "engine": "openvino",
             "weights_file": out_xml.with_suffix(".bin").name}
 
@@ -267,5 +404,6 @@ def compress_dynamic_int8(fp32_graph: Path, out_xml: Path, inference_precision: 
         )
     plan = DynamicInt8Plan(quantizer=f"nncf {metadata.version('nncf')}", inference_precision=inference_precision,
                            float_weights=keep_float, int8_matmuls=int8_matmuls)
+    release_mapped_pages(weight_files(fp32_graph))  # the fp32 weights compressed: writing reads only the others
     ov.save_model(compressed, str(out_xml), compress_to_fp16=False)
     return {**asdict(plan), "engine": "openvino", "weights_file": out_xml.with_suffix(".bin").name}
